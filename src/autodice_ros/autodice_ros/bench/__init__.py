@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print JSON (and draw plots); never tests."""

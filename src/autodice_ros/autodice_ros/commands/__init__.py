@@ -1,0 +1,1 @@
+"""One module per ``autodice`` subcommand: ``add_arguments(parser)`` and ``run(args)``."""

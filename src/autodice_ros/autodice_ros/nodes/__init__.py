@@ -1,0 +1,1 @@
+"""rclpy nodes: thin ROS plumbing over the plain-Python pieces of the package."""

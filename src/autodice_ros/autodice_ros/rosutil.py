@@ -1,0 +1,38 @@
+"""Small rclpy helpers every node and tool uses: matching, spinning, clean shutdown."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def now_header(frame_id: str = '') -> Any:
+    """A std_msgs/Header stamped with the wall clock now (what a camera driver would do)."""
+    from std_msgs.msg import Header
+
+    header = Header()
+    ns = time.time_ns()
+    header.stamp.sec, header.stamp.nanosec = divmod(ns, 1_000_000_000)
+    header.frame_id = frame_id
+    return header
+
+
+def stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def spin_until(node: Any, done: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Spin ``node`` until ``done()`` or ``timeout`` seconds; True when done."""
+    import rclpy
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        rclpy.spin_once(node, timeout_sec=step)
+    return True
+
+
+def wait_for_subscribers(node: Any, publishers: Sequence[Any], timeout: float, count: int = 1) -> bool:
+    """Wait until every publisher is matched with ``count`` subscriptions (discovery, not sleeps)."""
+    return spin_until(node, lambda: all(p.get_subscription_count() >= count for p in publishers), timeout)
