@@ -74,7 +74,7 @@ def encode_tensor(name: str, value: np.ndarray[Any, Any] | Any) -> Any:
         arr = arr.astype(arr.dtype.newbyteorder('<'))
     payload = array.array('B')
     if arr.flags.c_contiguous:
-        payload.frombytes(memoryview(arr.reshape(-1)).cast('B'))
+        payload.frombytes(arr.reshape(-1).data.cast('B'))
     else:
         payload.frombytes(bytes(arr.nbytes))
         np.frombuffer(payload, dtype=arr.dtype).reshape(arr.shape)[...] = arr

@@ -33,15 +33,14 @@ PROFILE_FILES = {
 
 def config_dir(workspace: Path | None = None) -> Path:
     """Where the shipped config files are: the installed share dir, else the source tree."""
+    if workspace is not None:
+        installed = workspace / 'install' / 'autodice_ros' / 'share' / 'autodice_ros' / 'config'
+        return installed if installed.is_dir() else workspace / 'config'
     try:
         from ament_index_python.packages import get_package_share_directory
-        share = Path(get_package_share_directory('autodice_ros')) / 'config'
-        if share.is_dir():
-            return share
-    except (ImportError, KeyError):  # not installed with ament: use the repository layout
-        pass
-    root = workspace or Path(__file__).resolve().parents[3]
-    return root / 'config'
+        return Path(get_package_share_directory('autodice_ros')) / 'config'
+    except (ImportError, LookupError, OSError):  # not installed with ament: the repository layout
+        return Path(__file__).resolve().parents[3] / 'config'
 
 
 def profile_path(kind: str, workspace: Path | None = None) -> Path:

@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,7 @@ def _partition(data: Any, where: str) -> Partition:
 def _dataclass_from(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
         raise BundleError(f'{where}: expected an object')
-    known = cls.__dataclass_fields__
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise BundleError(f'{where}: unknown field(s) {", ".join(unknown)}')

@@ -1,0 +1,142 @@
+"""Tensor codec: numpy <-> autodice_msgs without DDS (the round trip over DDS is test_roundtrip)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from std_msgs.msg import Header
+
+from autodice_msgs.msg import Tensor, TensorList
+from autodice_ros.codec import (
+    CODE_DTYPES,
+    DTYPE_CODES,
+    decode_list,
+    decode_tensor,
+    encode_list,
+    encode_tensor,
+    frame_key,
+)
+from autodice_ros.errors import TensorError
+from autodice_ros.manifest import TensorEntry
+
+ALL_DTYPES = sorted(DTYPE_CODES)
+
+
+def sample(dtype: str, shape: tuple[int, ...] = (2, 3, 4)) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    if dtype == 'bool':
+        return rng.random(shape) > 0.5
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in 'iu' else None
+    if info is not None:
+        return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def test_codes_match_the_message_constants() -> None:
+    for name, code in DTYPE_CODES.items():
+        assert getattr(Tensor, name.upper()) == code
+
+
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+def test_every_dtype_round_trips_bit_identical(dtype: str) -> None:
+    value = sample(dtype)
+    msg = encode_tensor('t', value)
+    assert msg.dtype == DTYPE_CODES[dtype]
+    assert list(msg.shape) == [2, 3, 4]
+    assert len(msg.data) == value.nbytes
+    out = decode_tensor(msg)
+    assert out.dtype == np.dtype(dtype)
+    assert out.tobytes() == value.tobytes()
+
+
+def test_scalar_and_empty_tensors() -> None:
+    scalar = decode_tensor(encode_tensor('s', np.float64(2.5)))
+    assert scalar.shape == () and scalar == 2.5
+    empty = decode_tensor(encode_tensor('e', np.zeros((0, 7), np.int16)))
+    assert empty.shape == (0, 7) and empty.dtype == np.int16
+
+
+def test_non_contiguous_and_big_endian_inputs_are_written_little_endian_c_order() -> None:
+    base = sample('float32', (4, 6, 5))
+    strided = base[:, ::2, ::-1]
+    assert not strided.flags.c_contiguous
+    assert np.array_equal(decode_tensor(encode_tensor('s', strided)), strided)
+    fortran = np.asfortranarray(base)
+    assert np.array_equal(decode_tensor(encode_tensor('f', fortran)), base)
+    big = base.astype('>f4')
+    msg = encode_tensor('b', big)
+    assert bytes(msg.data) == base.astype('<f4').tobytes()
+    assert np.array_equal(decode_tensor(msg), base)
+
+
+def test_decode_is_a_zero_copy_view() -> None:
+    msg = encode_tensor('v', sample('float32'))
+    out = decode_tensor(msg)
+    assert not out.flags.owndata
+    memoryview(msg.data)[0:4] = np.float32(42.0).tobytes()
+    assert out.reshape(-1)[0] == 42.0
+
+
+def test_unsupported_dtype_is_refused() -> None:
+    with pytest.raises(TensorError, match='complex128'):
+        encode_tensor('c', np.zeros(3, np.complex128))
+
+
+def corrupt(**fields: object) -> Tensor:
+    msg = encode_tensor('x', np.zeros((2, 3), np.float32))
+    for key, value in fields.items():
+        setattr(msg, key, value)
+    return msg
+
+
+@pytest.mark.parametrize(('fields', 'field_name'), [
+    ({'dtype': 77}, 'field dtype'),
+    ({'shape': [2, 4]}, 'field data'),
+    ({'shape': [2**31, 2**31, 2**31]}, 'field data'),
+    ({'data': b'\x00' * 5}, 'field data'),
+    ({'shape': [1] * 17}, 'field shape'),
+])
+def test_corrupted_messages_name_the_field(fields: dict, field_name: str) -> None:
+    with pytest.raises(TensorError, match=field_name) as info:
+        decode_tensor(corrupt(**fields))
+    assert "'x'" in str(info.value)
+
+
+@pytest.mark.parametrize(('spec', 'field_name'), [
+    (TensorEntry('y', 'float32', (2, 3), 'in'), 'field name'),
+    (TensorEntry('x', 'float16', (2, 3), 'in'), 'field dtype'),
+    (TensorEntry('x', 'float32', (3, 2), 'in'), 'field shape'),
+])
+def test_expectations_from_the_manifest_are_enforced(spec: TensorEntry, field_name: str) -> None:
+    with pytest.raises(TensorError, match=field_name):
+        decode_tensor(corrupt(), spec)
+
+
+def header(sec: int = 12, nanosec: int = 345) -> Header:
+    h = Header()
+    h.stamp.sec, h.stamp.nanosec, h.frame_id = sec, nanosec, 'camera'
+    return h
+
+
+def test_tensor_list_keeps_header_frame_and_selects_expected_tensors() -> None:
+    a, b = sample('float32'), sample('int64', (5,))
+    msg = encode_list(header(), 99, {'a': a, 'b': b})
+    assert isinstance(msg, TensorList)
+    frame = decode_list(msg, [TensorEntry('b', 'int64', (5,), 't')])
+    assert list(frame.tensors) == ['b'] and np.array_equal(frame.tensors['b'], b)
+    assert frame.key == (12, 345, 99) == frame_key(msg.header, msg.frame)
+    assert frame.header.frame_id == 'camera'
+    everything = decode_list(msg)
+    assert set(everything.tensors) == {'a', 'b'}
+
+
+def test_tensor_list_missing_or_duplicated_tensor_is_refused() -> None:
+    msg = encode_list(header(), 1, {'a': sample('float32')})
+    with pytest.raises(TensorError, match="'z'.*missing"):
+        decode_list(msg, [TensorEntry('z', 'float32', (2, 3, 4), 't')])
+    msg.tensors = [msg.tensors[0], msg.tensors[0]]
+    with pytest.raises(TensorError, match='twice'):
+        decode_list(msg)
+
+
+def test_every_code_has_a_little_endian_dtype() -> None:
+    assert all(dt.byteorder in ('<', '|') for dt in CODE_DTYPES.values())
