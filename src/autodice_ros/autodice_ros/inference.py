@@ -1,0 +1,74 @@
+"""ONNX Runtime sessions configured explicitly: threads, provider, CPU cores. No global state.
+
+Every place that runs a (sub-)model -- stage nodes, ``verify``, benchmarks -- goes through
+:func:`create_session`, so a partition runs the same way everywhere.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autodice_ros.errors import BundleError
+
+CPU = 'CPUExecutionProvider'
+
+
+@dataclass(frozen=True)
+class SessionChoice:
+    """What a session really runs with (the provider may fall back to CPU)."""
+
+    provider: str
+    threads: int
+    fallback_reason: str = ''
+
+
+def choose_provider(requested: str) -> tuple[list[str], str]:
+    """Providers list for ORT and, when the requested one is missing here, why CPU is used."""
+    import onnxruntime as ort
+
+    if requested == CPU:
+        return [CPU], ''
+    available = ort.get_available_providers()
+    if requested in available:
+        return [requested, CPU], ''
+    return [CPU], f'{requested} is not available in this onnxruntime ({", ".join(available)})'
+
+
+def pin_cores(cores: Sequence[int]) -> str:
+    """Pin this process to ``cores`` where they exist; returns a warning text or ''."""
+    if not cores:
+        return ''
+    present = os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))
+    usable = [c for c in cores if c in present]
+    if not usable:
+        return f'cores {list(cores)} do not exist on this machine; not pinning'
+    os.sched_setaffinity(0, usable)
+    return '' if len(usable) == len(cores) else f'pinned to {usable} of the requested {list(cores)}'
+
+
+def create_session(path: Path, threads: int = 1, provider: str = CPU) -> tuple[Any, SessionChoice]:
+    """An ORT session for one (sub-)model with an explicit thread count and provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    providers, reason = choose_provider(provider)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:   # ORT raises its own untyped errors: name the file
+        raise BundleError(f'{path}: ONNX Runtime cannot load this model: {exc}') from exc
+    return session, SessionChoice(providers[0], options.intra_op_num_threads, reason)
+
+
+def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run with named inputs; returns every output by name."""
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(inputs)), strict=True))

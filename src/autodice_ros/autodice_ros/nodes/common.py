@@ -1,0 +1,124 @@
+"""What every autodice node shares: declared parameters, QoS from parameters, counters and
+per-second ``diagnostic_msgs`` status, and a ``main`` that shuts down cleanly on Ctrl-C."""
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+
+from autodice_ros.codec import qos_profile
+from autodice_ros.errors import AutodiceError
+
+_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+
+
+def declare(node: Any, name: str, default: Any, description: str, read_only: bool = True) -> Any:
+    """Declare one parameter with a descriptor and return its value."""
+    descriptor = ParameterDescriptor(description=description, read_only=read_only,
+                                     type=_TYPES[type(default)])
+    return node.declare_parameter(name, default, descriptor).value
+
+
+def declare_qos(node: Any, prefix: str = 'qos', reliability: str = 'reliable', depth: int = 10) -> Any:
+    """QoS as parameters (``<prefix>.reliability``, ``<prefix>.depth``), the ROS 2 way."""
+    rel = declare(node, f'{prefix}.reliability', reliability,
+                  "'reliable' (every frame, publishers block when the reader lags) or "
+                  "'best_effort' (newest frames, drops under load)")
+    dep = declare(node, f'{prefix}.depth', depth, 'history depth (KEEP_LAST)')
+    return qos_profile(rel, dep)
+
+
+class Stats:
+    """Counters a node reports in its diagnostics: frames in/out, drops by reason, timings."""
+
+    def __init__(self, window: int = 100) -> None:
+        self.frames_in = 0
+        self.frames_out = 0
+        self.drops: Counter[str] = Counter()
+        self.timings: dict[str, deque[float]] = {}
+        self._window = window
+
+    def time(self, name: str, ms: float) -> None:
+        self.timings.setdefault(name, deque(maxlen=self._window)).append(ms)
+
+    def values(self) -> dict[str, str]:
+        out = {'frames_in': str(self.frames_in), 'frames_out': str(self.frames_out),
+               'drops': str(sum(self.drops.values()))}
+        out.update({f'drops.{reason}': str(n) for reason, n in sorted(self.drops.items())})
+        for name, samples in self.timings.items():
+            if samples:
+                out[f'{name}_ms.last'] = f'{samples[-1]:.3f}'
+                out[f'{name}_ms.p50'] = f'{statistics.median(samples):.3f}'
+        return out
+
+
+class Diagnostics:
+    """Publishes the node's :class:`Stats` (plus extra values) on /diagnostics every period."""
+
+    def __init__(self, node: Any, stats: Stats, period: float, hardware_id: str = '',
+                 extra: Callable[[], dict[str, str]] | None = None) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._node = node
+        self._stats = stats
+        self._extra = extra
+        self._hardware_id = hardware_id
+        self._publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._timer = node.create_timer(period, self.publish)
+
+    def publish(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        values = self._stats.values()
+        if self._extra is not None:
+            values.update(self._extra())
+        status = DiagnosticStatus()
+        status.name = self._node.get_fully_qualified_name()
+        status.hardware_id = self._hardware_id
+        drops = sum(self._stats.drops.values())
+        status.level = DiagnosticStatus.WARN if drops else DiagnosticStatus.OK
+        status.message = f'{drops} dropped' if drops else 'ok'
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray()
+        msg.header.stamp = self._node.get_clock().now().to_msg()
+        msg.status = [status]
+        self._publisher.publish(msg)
+
+    def destroy(self) -> None:
+        self._node.destroy_timer(self._timer)
+        self._node.destroy_publisher(self._publisher)
+
+
+def spin_node(factory: Callable[[], Any], args: Sequence[str] | None = None,
+              lifecycle_autostart: bool = False) -> int:
+    """``main`` of every node: init, build, (auto-)start, spin, and shut down cleanly."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=list(args) if args is not None else sys.argv)
+    node = None
+    try:
+        node = factory()
+        if lifecycle_autostart and node.get_parameter('autostart').value:
+            from rclpy.lifecycle import TransitionCallbackReturn
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal('configure failed; exiting')
+                return 1
+            node.trigger_activate()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except AutodiceError as exc:   # bad bundle, bad parameter: one line, non-zero exit
+        print(f'[FATAL] {exc}', file=sys.stderr)
+        return 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return 0

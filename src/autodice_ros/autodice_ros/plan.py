@@ -1,0 +1,178 @@
+"""Which nodes one board runs, as data: the one plan behind ``pipeline.launch.py`` and ``autodice run``.
+
+:func:`make_plan` reads the bundle's manifest and returns :class:`NodeSpec` entries (executable,
+name, namespace, parameters, remappings, environment). The launch file turns them into
+``launch_ros`` ``Node`` actions; the runner into child processes. Neither adds anything.
+
+Transport per node: a node whose links all stay on its board gets the shared-memory profile; a
+node with a link to another board gets the network profile (with asynchronous publication, so
+a slow link never blocks the publisher's callback).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from autodice_ros.environment import MALLOC_TUNABLES, PROFILE_VAR, profile_path
+from autodice_ros.errors import BundleError
+from autodice_ros.manifest import IMAGE_TOPIC, Manifest, load_bundle, ros_token
+
+PACKAGE = 'autodice_ros'
+ParamValue = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node to start: everything ``launch_ros.actions.Node`` or a subprocess needs."""
+
+    executable: str
+    name: str
+    namespace: str
+    board: str
+    parameters: Mapping[str, ParamValue]
+    env: Mapping[str, str] = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+    package: str = PACKAGE
+
+    def ros_arguments(self) -> list[str]:
+        """``--ros-args`` for a plain process start (what launch_ros generates itself)."""
+        args = ['--ros-args', '-r', f'__node:={self.name}', '-r', f'__ns:={self.namespace}']
+        for key, value in self.parameters.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if isinstance(value, str):
+                text = "'" + value.replace("'", "''") + "'"   # YAML string: "0" stays "0"
+            args += ['-p', f'{key}:={text}']
+        for source, target in self.remappings:
+            args += ['-r', f'{source}:={target}']
+        return args
+
+
+def _opt(default: ParamValue, help_text: str) -> ParamValue:
+    return field(default=default, metadata={'help': help_text})
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """The launch arguments (``name:=value``) and the ``autodice run`` options, defined once."""
+
+    board: str = _opt('', "this board's name in the manifest; empty: every partition here")
+    namespace: str = _opt('/autodice', 'namespace of every node and topic of the pipeline')
+    source: str = _opt('synthetic', "camera stand-in: 'synthetic', 'none', or a folder of images")
+    rate: float = _opt(5.0, 'image_source frames per second')
+    count: int = _opt(0, 'image_source frames to publish (0: forever)')
+    image_topic: str = _opt('', "camera topic the head subscribes to (remaps 'image')")
+    head: bool = _opt(True, 'start the camera head (on the board of the first stage)')
+    tail: bool = _opt(True, 'start the tail (on the board of the last stage)')
+    reliability: str = _opt('reliable', "QoS of the tensor topics: 'reliable' or 'best_effort'")
+    depth: int = _opt(10, 'QoS history depth of the tensor topics')
+    transport: str = _opt('auto', "DDS profile: 'auto' (per link), 'board', 'network', 'none'")
+    threads: int = _opt(0, "ONNX Runtime threads per stage (0: the manifest's)")
+
+
+def option_fields() -> list[tuple[str, type, ParamValue, str]]:
+    """(name, type, default, help) of every plan option: launch arguments and CLI flags."""
+    kinds = {'str': str, 'float': float, 'int': int, 'bool': bool}
+    return [(f.name, kinds[str(f.type)], f.default, f.metadata['help']) for f in fields(PlanOptions)]
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ('1', 'true', 'yes', 'on'):
+        return True
+    if lowered in ('0', 'false', 'no', 'off'):
+        return False
+    raise ValueError(f'{text!r} is not a boolean (true/false)')
+
+
+def options_from_strings(values: Mapping[str, str]) -> PlanOptions:
+    """PlanOptions from launch-argument strings; unknown names are an error naming them."""
+    known = {name: kind for name, kind, _, _ in option_fields()}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise BundleError(f'unknown plan option(s): {", ".join(unknown)}')
+    converted: dict[str, ParamValue] = {}
+    for name, text in values.items():
+        kind = known[name]
+        try:
+            converted[name] = parse_bool(text) if kind is bool else kind(text)
+        except ValueError as exc:
+            raise BundleError(f'plan option {name}: {exc}') from exc
+    return PlanOptions(**converted)  # type: ignore[arg-type]
+
+
+def link_boards(manifest: Manifest) -> tuple[str, str]:
+    """Boards of the camera head and of the tail: where the first and last stages run."""
+    head = next((e.target for e in manifest.edges if e.source == 'input'), None)
+    tail = next((e.source for e in manifest.edges if e.target == 'output'), None)
+    boards = {p.name: p.board for p in manifest.partitions}
+    if head not in boards or tail not in boards:
+        raise BundleError('manifest: the partition graph (edges) has no link from the input '
+                          'or none to the output')
+    return boards[head], boards[tail]
+
+
+def crosses_boards(manifest: Manifest) -> dict[str, bool]:
+    """Per node name ('camera_head', 'tail', partition names): has a link to another board."""
+    head_board, tail_board = link_boards(manifest)
+    board = {p.name: p.board for p in manifest.partitions}
+    board.update({'input': head_board, 'output': tail_board})
+    crossing = {name: False for name in board}
+    for edge in manifest.edges:
+        if board[edge.source] != board[edge.target]:
+            crossing[edge.source] = crossing[edge.target] = True
+    return {('camera_head' if k == 'input' else 'tail' if k == 'output' else k): v
+            for k, v in crossing.items()}
+
+
+def node_env(kind: str) -> dict[str, str]:
+    """Environment for one node's transport: 'board', 'network' or 'none'."""
+    if kind == 'none':
+        return {}
+    env = {PROFILE_VAR: str(profile_path(kind)), 'GLIBC_TUNABLES': MALLOC_TUNABLES}
+    if kind == 'network':
+        env['RMW_FASTRTPS_PUBLICATION_MODE'] = 'ASYNCHRONOUS'
+    return env
+
+
+def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> list[NodeSpec]:
+    """The nodes ``options.board`` runs (all of them when no board is given)."""
+    bundle = load_bundle(bundle_dir)
+    manifest = bundle.manifest
+    root = str(Path(bundle_dir).resolve())
+    if options.board and options.board not in manifest.boards:
+        raise BundleError(f'{bundle_dir}: no partition on board {options.board!r} '
+                          f'(boards: {", ".join(manifest.boards)})')
+    head_board, tail_board = link_boards(manifest)
+    crossing = crosses_boards(manifest)
+
+    def here(board: str) -> bool:
+        return not options.board or options.board == board
+
+    def env_for(name: str) -> dict[str, str]:
+        if options.transport != 'auto':
+            return node_env(options.transport)
+        return node_env('network' if options.board and crossing.get(name) else 'board')
+
+    qos: dict[str, ParamValue] = {'qos.reliability': options.reliability, 'qos.depth': options.depth}
+    ns = options.namespace
+    specs: list[NodeSpec] = []
+    if options.head and here(head_board):
+        remap = ((IMAGE_TOPIC, options.image_topic),) if options.image_topic else ()
+        if options.source != 'none':
+            folder = '' if options.source == 'synthetic' else options.source
+            source: dict[str, ParamValue] = {'rate': options.rate, 'count': options.count, 'folder': folder}
+            specs.append(NodeSpec('image_source', 'image_source', ns, head_board, {**source, **qos},
+                                  env_for('camera_head'), remap))
+        specs.append(NodeSpec('camera_head', 'camera_head', ns, head_board,
+                              {'bundle': root, **qos}, env_for('camera_head'), remap))
+    for part in manifest.partitions:
+        if here(part.board):
+            params: dict[str, ParamValue] = {'bundle': root, 'partition': part.name, **qos}
+            if options.threads:
+                params['threads'] = options.threads
+            specs.append(NodeSpec('stage', f'stage_{ros_token(part.name)}', ns, part.board,
+                                  params, env_for(part.name)))
+    if options.tail and here(tail_board):
+        specs.append(NodeSpec('tail', 'tail', ns, tail_board, {'bundle': root, **qos}, env_for('tail')))
+    return specs
