@@ -160,6 +160,17 @@ class Manifest:
     def output_topics(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t.topic for t in self.outputs))
 
+    def links(self) -> dict[str, int]:
+        """Every tensor topic of the pipeline and how many nodes subscribe to it (tail included)."""
+        readers: dict[str, int] = {t.topic: 0 for t in self.inputs}
+        for part in self.partitions:
+            readers.setdefault(part.topic, 0)
+            for topic in part.input_topics():
+                readers[topic] = readers.get(topic, 0) + 1
+        for topic in self.output_topics():
+            readers[topic] = readers.get(topic, 0) + 1
+        return readers
+
 
 @dataclass(frozen=True)
 class Bundle:

@@ -161,7 +161,8 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
         remap = ((IMAGE_TOPIC, options.image_topic),) if options.image_topic else ()
         if options.source != 'none':
             folder = '' if options.source == 'synthetic' else options.source
-            source: dict[str, ParamValue] = {'rate': options.rate, 'count': options.count, 'folder': folder}
+            source: dict[str, ParamValue] = {'rate': options.rate, 'count': options.count, 'folder': folder,
+                                             'bundle': root}
             specs.append(NodeSpec('image_source', 'image_source', ns, head_board, {**source, **qos},
                                   env_for('camera_head'), remap))
         specs.append(NodeSpec('camera_head', 'camera_head', ns, head_board,

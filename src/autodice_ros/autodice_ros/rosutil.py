@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -36,3 +36,12 @@ def spin_until(node: Any, done: Callable[[], bool], timeout: float, step: float 
 def wait_for_subscribers(node: Any, publishers: Sequence[Any], timeout: float, count: int = 1) -> bool:
     """Wait until every publisher is matched with ``count`` subscriptions (discovery, not sleeps)."""
     return spin_until(node, lambda: all(p.get_subscription_count() >= count for p in publishers), timeout)
+
+
+def links_connected(node: Any, links: Mapping[str, int], namespace: str) -> bool:
+    """Every pipeline topic has a publisher and its expected number of subscribers (graph view)."""
+    for topic, readers in links.items():
+        name = f'{namespace.rstrip("/")}/{topic}'
+        if node.count_publishers(name) < 1 or node.count_subscribers(name) < readers:
+            return False
+    return True

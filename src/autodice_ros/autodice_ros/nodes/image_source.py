@@ -15,17 +15,17 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from autodice_ros.errors import ImageError
-from autodice_ros.manifest import IMAGE_TOPIC
+from autodice_ros.manifest import IMAGE_TOPIC, load_bundle
 from autodice_ros.nodes.common import declare, declare_qos, spin_node
-from autodice_ros.rosutil import now_header
+from autodice_ros.rosutil import links_connected, now_header
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm')
 
 
 def synthetic_pattern(index: int, height: int, width: int) -> np.ndarray:
     """An rgb8 frame: colour gradients plus a square that moves with ``index``."""
-    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y, x = np.meshgrid(np.linspace(0, 255, height, dtype=np.float32),
+                       np.linspace(0, 255, width, dtype=np.float32), indexing='ij')
     phase = (index * 7) % 256
     img = np.stack([(x + phase) % 256, (y + 2 * phase) % 256, ((x + y) / 2 + 3 * phase) % 256], axis=2)
     side = max(4, min(height, width) // 4)
@@ -62,16 +62,29 @@ class ImageSource(Node):
         width = declare(self, 'width', 640, 'synthetic pattern width')
         self._frame_id = declare(self, 'frame_id', 'camera', 'header.frame_id of every image')
         self._wait = declare(self, 'wait_for_subscriber', True, 'hold frames until someone listens')
+        bundle = declare(self, 'bundle', '', 'hold frames until every link of this bundle\'s pipeline '
+                         'is connected (empty: only wait for a subscriber)')
+        self._links = load_bundle(bundle).manifest.links() if bundle else {}
         self._frames = load_folder(Path(folder)) if folder else None
         self._size = (height, width)
         self._index = 0
         self._publisher = self.create_publisher(Image, IMAGE_TOPIC, declare_qos(self))
         self._timer = self.create_timer(1.0 / rate, self._tick)
 
+    def _waiting(self) -> bool:
+        if not self._wait:
+            return False
+        if self._publisher.get_subscription_count() == 0:
+            return True
+        if self._links and not links_connected(self, self._links, self.get_namespace()):
+            return True
+        self._wait = False      # connected once: from now on frames flow like a camera's
+        return False
+
     def _tick(self) -> None:
         if self._count and self._index >= self._count:
             return
-        if self._wait and self._publisher.get_subscription_count() == 0:
+        if self._waiting():
             return
         pixels = (self._frames[self._index % len(self._frames)] if self._frames is not None
                   else synthetic_pattern(self._index, *self._size))
