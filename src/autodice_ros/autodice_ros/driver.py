@@ -70,8 +70,8 @@ class PipelineDriver:
 
     def _output(self, topic: str, frame: Frame) -> None:
         key = (int(frame.header.stamp.sec), int(frame.header.stamp.nanosec))
-        received = Received(frame.frame, key, frame.header, {k: np.array(v) for k, v in frame.tensors.items()},
-                            time.time_ns(), self._sent.get(key, 0))
+        tensors = {k: np.array(v) for k, v in frame.tensors.items()}
+        received = Received(frame.frame, key, frame.header, tensors, time.time_ns(), self._sent.get(key, 0))
         self.collected.outputs[key] = received
         self.collected.order.append(key)
         if self._on_output is not None:
