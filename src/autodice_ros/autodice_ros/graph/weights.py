@@ -1,0 +1,361 @@
+"""ONNX files at the protobuf wire level: the graph without its weight bytes, and fast writing.
+
+Parsing a 550 MB VGG19 with protobuf costs its size twice (the file's bytes and the message),
+and copying weights into each sub-model message costs them again. Instead:
+
+- :func:`read_lean` walks the file's wire format with small reads and parses a copy in which
+  every initializer above ``KEEP_BYTES`` keeps only its name, dims and type, remembering where
+  each initializer's bytes lie in the file (:class:`Span`).
+- :func:`write_submodel` writes a model as its small graph message plus, for each initializer,
+  the original ``GraphProto.initializer`` field bytes copied from the source file. Protobuf
+  allows a message's fields in any order, so the result parses exactly as if serialized whole.
+- :func:`write_arrays` does the same with initializers streamed from numpy arrays (the zoo).
+
+Peak memory is a few megabytes plus one copy buffer; weights never pass through protobuf.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError
+from onnx import helper
+
+from autodice_ros.errors import ModelError
+from autodice_ros.graph.model import KEEP_BYTES, copy_fields
+
+_LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
+_CHUNK = 8 << 20
+
+
+def _wire_types(message: type) -> dict[int, int]:
+    """Field number -> wire type of a message's fields (a mismatch means the bytes are not ONNX)."""
+    scalar = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
+              FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_BOOL}
+    return {f.number: _VARINT if f.type in scalar else _LEN
+            for f in message.DESCRIPTOR.fields}     # type: ignore[attr-defined]
+
+
+_MODEL_FIELDS = _wire_types(onnx.ModelProto)
+_GRAPH_FIELDS = _wire_types(onnx.GraphProto)
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
+# TensorProto fields holding values (float_data, int32_data, string_data, int64_data, raw_data,
+# double_data, uint64_data): left out of the lean copy.
+_TENSOR_DATA = frozenset({4, 5, 6, 7, 9, 10, 11})
+_TENSOR_DATA_LOCATION = 14
+
+
+class _TruncatedError(Exception):
+    pass
+
+
+class _NotOnnxError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one initializer lies in a file: its whole ``GraphProto.initializer`` field."""
+
+    offset: int
+    length: int
+
+
+@dataclass
+class LeanModel:
+    """A model read without its weight bytes: ``model``'s large initializers are name/dims/type."""
+
+    path: Path
+    model: onnx.ModelProto
+    spans: dict[str, Span]
+    external: bool          # some initializer keeps its values in an external data file
+
+
+# -- wire format -------------------------------------------------------------------------------
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _key(field: int, wire: int) -> bytes:
+    return _encode_varint(field << 3 | wire)
+
+
+def _len_field(field: int, payload_length: int) -> bytes:
+    """Tag and length of a length-delimited field (the payload follows)."""
+    return _key(field, _LEN) + _encode_varint(payload_length)
+
+
+def _decode_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise _TruncatedError
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise _NotOnnxError('a varint longer than 10 bytes')
+
+
+class _Reader:
+    """Positioned reads of a file, reading ahead a little for field headers."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset + length > self.size:
+            raise _TruncatedError
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise _TruncatedError
+        return data
+
+    def fields(self, start: int, end: int, known: dict[int, int] | None
+               ) -> Iterator[tuple[int, int, int, int, int]]:
+        """(field number, wire type, field start, payload start, field end) for [start, end)."""
+        pos = start
+        while pos < end:
+            head = os.pread(self.fd, 20, pos)
+            key, at = _decode_varint(head, 0)
+            field, wire = key >> 3, key & 7
+            if field == 0 or (known is not None and field in known and known[field] != wire):
+                raise _NotOnnxError(f'field {field} with wire type {wire} at byte {pos}')
+            if known is _MODEL_FIELDS and field not in known:
+                raise _NotOnnxError(f'unknown ModelProto field {field} at byte {pos}')
+            if wire == _VARINT:
+                _, after = _decode_varint(head, at)
+                payload, stop = pos + at, pos + after
+            elif wire == _I64:
+                payload, stop = pos + at, pos + at + 8
+            elif wire == _I32:
+                payload, stop = pos + at, pos + at + 4
+            elif wire == _LEN:
+                length, after = _decode_varint(head, at)
+                payload, stop = pos + after, pos + after + length
+            else:
+                raise _NotOnnxError(f'wire type {wire} at byte {pos}')
+            if stop > end:
+                raise _TruncatedError
+            yield field, wire, pos, payload, stop
+            pos = stop
+
+
+def _lean_tensor(reader: _Reader, start: int, payload: int, stop: int) -> tuple[bytes, bool]:
+    """The initializer field at [start, stop) without its values, and whether it is external."""
+    if stop - start <= KEEP_BYTES:
+        return reader.read(start, stop - start), False
+    kept = bytearray()
+    external = False
+    for field, _wire, at, value, end in reader.fields(payload, stop, None):
+        if field in _TENSOR_DATA:
+            continue
+        piece = reader.read(at, end - at)
+        if field == _TENSOR_DATA_LOCATION:
+            external = _decode_varint(piece, value - at)[0] == onnx.TensorProto.EXTERNAL
+        kept += piece
+    return _len_field(_GRAPH_INITIALIZER, len(kept)) + bytes(kept), external
+
+
+def _scan(reader: _Reader) -> tuple[bytes, dict[str, Span], bool]:
+    """The lean copy of the file's bytes, initializer spans, and whether weights are external."""
+    top = bytearray()
+    graph = bytearray()
+    spans: dict[str, Span] = {}
+    external = False
+    for field, _wire, start, payload, stop in reader.fields(0, reader.size, _MODEL_FIELDS):
+        if field != _MODEL_GRAPH:
+            top += reader.read(start, stop - start)
+            continue
+        for gfield, _gwire, gstart, gpayload, gstop in reader.fields(payload, stop, _GRAPH_FIELDS):
+            if gfield != _GRAPH_INITIALIZER:
+                graph += reader.read(gstart, gstop - gstart)
+                continue
+            piece, is_external = _lean_tensor(reader, gstart, gpayload, gstop)
+            external |= is_external
+            name = onnx.TensorProto.FromString(piece[_header_length(piece):]).name
+            spans[name] = Span(gstart, gstop - gstart)
+            graph += piece
+    return bytes(top) + _len_field(_MODEL_GRAPH, len(graph)) + bytes(graph), spans, external
+
+
+def _header_length(field_bytes: bytes) -> int:
+    """Bytes of tag and length in front of a length-delimited field's payload."""
+    _, at = _decode_varint(field_bytes, 0)
+    _, at = _decode_varint(field_bytes, at)
+    return at
+
+
+def _describe(exc: Exception, size: int) -> str:
+    if isinstance(exc, _TruncatedError):
+        return (f'truncated ONNX file: its protobuf fields run past the end of the file '
+                f'({size} bytes); copy it again')
+    detail = f' ({exc})' if str(exc) else ''
+    return f'not an ONNX model: the bytes are not an ONNX protobuf{detail}'
+
+
+def _open(path: Path) -> tuple[int, int]:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ModelError(f'{path}: cannot read: {exc.strerror or exc}') from exc
+    return fd, os.fstat(fd).st_size
+
+
+def diagnose(path: str | os.PathLike[str]) -> str:
+    """Why protobuf could not parse ``path``: truncated, or not ONNX at all (for messages)."""
+    fd, size = _open(Path(path))
+    try:
+        _scan(_Reader(fd, size))
+    except (_TruncatedError, _NotOnnxError) as exc:
+        return _describe(exc, size)
+    finally:
+        os.close(fd)
+    return 'not an ONNX model: protobuf cannot parse it'
+
+
+def read_lean(path: str | os.PathLike[str]) -> LeanModel:
+    """Read ``path``'s graph with initializers cut down to metadata; see the module docstring.
+
+    The result passes :func:`autodice_ros.graph.model.check_model` (opsets, structure).
+    """
+    from autodice_ros.graph.model import check_model
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f'{path}: no such file')
+    fd, size = _open(path)
+    try:
+        skeleton, spans, external = _scan(_Reader(fd, size))
+    except (_TruncatedError, _NotOnnxError) as exc:
+        raise ModelError(f'{path}: {_describe(exc, size)}') from None
+    finally:
+        os.close(fd)
+    try:
+        model = onnx.ModelProto.FromString(skeleton)
+    except DecodeError as exc:
+        raise ModelError(f'{path}: not an ONNX model: protobuf cannot parse it') from exc
+    check_model(model, path)
+    return LeanModel(path, model, spans, external)
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LazyArray:
+    """An initializer written from a numpy array made only when its turn comes (one at a time)."""
+
+    name: str
+    dims: tuple[int, ...]
+    dtype: np.dtype
+    make: Callable[[], np.ndarray]
+
+    def header(self) -> bytes:
+        """TensorProto fields before raw_data, and raw_data's tag and length."""
+        fields = b''.join(_key(1, _VARINT) + _encode_varint(d) for d in self.dims)
+        fields += _key(2, _VARINT) + _encode_varint(helper.np_dtype_to_tensor_dtype(self.dtype))
+        name = self.name.encode()
+        fields += _len_field(8, len(name)) + name
+        return fields + _len_field(9, self.nbytes)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.dims, dtype=np.int64)) * self.dtype.itemsize
+
+
+def _model_prefix(model: onnx.ModelProto, graph_extra: int) -> bytes:
+    """``model`` serialized with its graph field left open for ``graph_extra`` more bytes."""
+    rest = onnx.ModelProto()
+    copy_fields(rest, model, 'graph')
+    graph = model.graph.SerializeToString()
+    return (rest.SerializeToString() + _len_field(_MODEL_GRAPH, len(graph) + graph_extra) + graph)
+
+
+def _write_atomic(path: Path, pieces: Callable[[Callable[[bytes | memoryview], None]], None]) -> str:
+    """Write what ``pieces`` emits to ``path`` via a temp file; returns the sha256 of the bytes."""
+    digest = hashlib.sha256()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
+    except OSError as exc:
+        raise ModelError(f'{path}: cannot write here: {exc.strerror or exc}') from exc
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            def emit(data: bytes | memoryview) -> None:
+                digest.update(data)
+                handle.write(data)
+            pieces(emit)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ModelError(f'{path}: cannot write: {exc.strerror or exc}') from exc
+        raise
+    return digest.hexdigest()
+
+
+def write_submodel(path: str | os.PathLike[str], model: onnx.ModelProto, source: LeanModel,
+                   initializers: Sequence[str]) -> str:
+    """Write ``model`` (no initializers of its own) plus ``source``'s ``initializers``, verbatim.
+
+    Returns the sha256 of the file written.
+    """
+    path = Path(path)
+    if source.external:
+        raise ModelError(f'{source.path}: keeps weights in external data files; '
+                         f'splitting such models is not supported yet')
+    spans = [source.spans[name] for name in initializers]
+    prefix = _model_prefix(model, sum(s.length for s in spans))
+    fd, size = _open(source.path)
+
+    def pieces(emit: Callable[[bytes | memoryview], None]) -> None:
+        emit(prefix)
+        for span in spans:
+            for offset in range(span.offset, span.offset + span.length, _CHUNK):
+                length = min(_CHUNK, span.offset + span.length - offset)
+                data = os.pread(fd, length, offset)
+                if len(data) != length:
+                    raise ModelError(f'{source.path}: changed while being split (now {size} bytes)')
+                emit(data)
+    try:
+        return _write_atomic(path, pieces)
+    finally:
+        os.close(fd)
+
+
+def write_arrays(path: str | os.PathLike[str], model: onnx.ModelProto, arrays: Sequence[LazyArray]
+                 ) -> str:
+    """Write ``model`` plus ``arrays`` as initializers (raw_data, little-endian), atomically."""
+    path = Path(path)
+    headers = [a.header() for a in arrays]
+    fields = [len(h) + a.nbytes for h, a in zip(headers, arrays, strict=True)]
+    extra = sum(len(_len_field(_GRAPH_INITIALIZER, n)) + n for n in fields)
+    prefix = _model_prefix(model, extra)
+
+    def pieces(emit: Callable[[bytes | memoryview], None]) -> None:
+        emit(prefix)
+        for array, head, length in zip(arrays, headers, fields, strict=True):
+            values = np.ascontiguousarray(array.make(), dtype=array.dtype.newbyteorder('<'))
+            if values.shape != array.dims:
+                raise ValueError(f'{array.name}: made shape {values.shape}, promised {array.dims}')
+            emit(_len_field(_GRAPH_INITIALIZER, length) + head)
+            emit(values.data.cast('B'))
+    return _write_atomic(path, pieces)
