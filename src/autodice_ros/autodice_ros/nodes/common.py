@@ -2,6 +2,7 @@
 per-second ``diagnostic_msgs`` status, and a ``main`` that shuts down cleanly on Ctrl-C."""
 from __future__ import annotations
 
+import signal
 import statistics
 import sys
 from collections import Counter, deque
@@ -117,6 +118,8 @@ def spin_node(factory: Callable[[], Any], args: Sequence[str] | None = None,
         print(f'[FATAL] {exc}', file=sys.stderr)
         return 1
     finally:
+        # launchers often deliver Ctrl-C twice (to the group and forwarded): finish cleaning up
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         if rclpy.ok():
