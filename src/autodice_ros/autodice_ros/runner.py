@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType, TracebackType
 
 from autodice_ros.plan import NodeSpec
@@ -26,6 +27,17 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM of a process from /proc (0 when it is gone)."""
+    try:
+        for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def node_command(spec: NodeSpec) -> list[str]:
@@ -79,6 +91,14 @@ class Runner:
             if child.spec.name == name and child.process is not None:
                 return child.process.pid
         raise KeyError(name)
+
+    def peak_rss(self) -> dict[str, int]:
+        """Peak resident set size (bytes, VmHWM) of every live child, by node name."""
+        peaks = {}
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                peaks[child.spec.name] = peak_rss_bytes(child.process.pid)
+        return peaks
 
     def poll(self) -> int | None:
         """One supervision step: None while running, else the exit status the runner should give."""
