@@ -1,0 +1,62 @@
+"""Helpers for the end-to-end tests: bundles from the real CLI, a driver node in this process."""
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+AUTODICE = str(ROOT / '.venv' / 'bin' / 'autodice')
+
+
+def autodice(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI; with ``check`` a failure shows its stderr."""
+    result = subprocess.run([AUTODICE, *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f'autodice {" ".join(args)}:\n{result.stdout}\n{result.stderr}'
+    return result
+
+
+def split(model: Path, out: Path, *how: str) -> Path:
+    autodice('split', str(model), *how, '-o', str(out))
+    return out
+
+
+@contextmanager
+def ros_node(name: str) -> Iterator[Any]:
+    import rclpy
+
+    rclpy.init()
+    node = rclpy.create_node(name)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def synthetic_images(count: int, height: int = 240, width: int = 320, first_sec: int = 1000) -> list[Any]:
+    """``count`` distinct camera frames with unique, increasing stamps."""
+    from std_msgs.msg import Header
+
+    from autodice_ros.nodes.image_source import synthetic_pattern, to_image_msg
+
+    images = []
+    for i in range(count):
+        header = Header(frame_id='camera')
+        header.stamp.sec, header.stamp.nanosec = first_sec + i // 10, (i % 10) * 100_000_000
+        images.append(to_image_msg(synthetic_pattern(i, height, width), header))
+    return images
+
+
+def whole_model(model: Path, inputs: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    from autodice_ros.graph.model import data_inputs, load_model
+    from autodice_ros.inference import create_session, run_session
+
+    name = data_inputs(load_model(model))[0].name
+    session, _ = create_session(model)
+    return [run_session(session, {name: x}) for x in inputs]

@@ -1,0 +1,118 @@
+"""Nodes drop bad messages with a warning naming topic and field, count them, and keep running."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pipeline_helpers import ros_node, split, synthetic_images
+
+from autodice_ros.codec import TensorPublisher, TensorSubscriber, encode_list, qos_profile
+from autodice_ros.manifest import IMAGE_TOPIC, INPUT_TOPIC, load_bundle
+from autodice_ros.plan import PlanOptions, make_plan
+from autodice_ros.rosutil import now_header, spin_until, wait_for_subscribers
+from autodice_ros.runner import Runner, node_command
+
+NS = '/bad_input'
+
+
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory: pytest.TempPathFactory, zoo_model: Callable[[str], Path]) -> Path:
+    return split(zoo_model('squeezenet'), tmp_path_factory.mktemp('bad') / 'bundle', '--boards', '2')
+
+
+def stage_spec(bundle: Path, partition: str) -> Any:
+    return next(s for s in make_plan(bundle, PlanOptions(namespace=NS))
+                if s.parameters.get('partition') == partition)
+
+
+def diagnostics_of(node: Any, name: str, until: Callable[[dict[str, str]], bool]) -> dict[str, str]:
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    latest: dict[str, str] = {}
+
+    def on_diag(msg: Any) -> None:
+        for status in msg.status:
+            if status.name == name:
+                latest.clear()
+                latest.update({kv.key: kv.value for kv in status.values})
+
+    sub = node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
+    spin_until(node, lambda: bool(latest) and until(latest), timeout=20.0)
+    node.destroy_subscription(sub)
+    return latest
+
+
+def test_stage_drops_bad_tensor_lists_and_keeps_working(bundle: Path) -> None:
+    manifest = load_bundle(bundle).manifest
+    second = manifest.partitions[1]
+    spec = stage_spec(bundle, second.name)
+    (entry,) = second.inputs
+    good = np.random.default_rng(0).standard_normal(entry.shape).astype(entry.dtype)
+    bad = {
+        'wrong name': {'not_' + entry.name: good},
+        'wrong shape': {entry.name: good.reshape(-1)},
+        'wrong dtype': {entry.name: good.astype(np.float64)},
+    }
+    with ros_node('bad_tensor_driver') as node, Runner([spec]) as runner:
+        pub = TensorPublisher(node, f'{NS}/{entry.topic}', qos_profile())
+        outputs: list[Any] = []
+        TensorSubscriber(node, f'{NS}/{second.topic}', qos_profile(), None,
+                         lambda _t, f: outputs.append(f), lambda _t, e: None)
+        assert wait_for_subscribers(node, [pub], timeout=30.0)
+        for i, tensors in enumerate(bad.values()):
+            pub.publish(now_header(), i, tensors)
+        msg = encode_list(now_header(), 9, {entry.name: good})
+        msg.tensors[0].data = msg.tensors[0].data[:-4]          # byte count lies about the shape
+        pub._publisher.publish(msg)
+        stats = diagnostics_of(node, f'{NS}/{spec.name}', lambda v: v.get('drops.invalid') == '4')
+        assert stats.get('drops.invalid') == '4' and stats['frames_out'] == '0'
+        pub.publish(now_header(), 10, {entry.name: good})
+        assert spin_until(node, lambda: bool(outputs), timeout=20.0)
+        assert outputs[0].frame == 10
+        assert runner.poll() is None                              # still running
+
+
+def test_camera_head_drops_odd_images(bundle: Path) -> None:
+    head = next(s for s in make_plan(bundle, PlanOptions(namespace=NS, source='none'))
+                if s.executable == 'camera_head')
+    from sensor_msgs.msg import Image
+
+    with ros_node('bad_image_driver') as node, Runner([head]) as runner:
+        pub = node.create_publisher(Image, f'{NS}/{IMAGE_TOPIC}', 10)
+        tensors: list[Any] = []
+        TensorSubscriber(node, f'{NS}/{INPUT_TOPIC}', qos_profile(), None,
+                         lambda _t, f: tensors.append(f), lambda _t, e: None)
+        assert wait_for_subscribers(node, [pub], timeout=30.0)
+        good = synthetic_images(1)[0]
+        odd = [Image(header=good.header, height=2, width=2, encoding='yuv422', step=4, data=b'\0' * 8),
+               Image(header=good.header, height=2, width=2, encoding='rgb8', step=5, data=b'\0' * 12),
+               Image(header=good.header, height=4, width=4, encoding='rgb8', step=12, data=b'\0' * 20)]
+        for image in odd:
+            pub.publish(image)
+        stats = diagnostics_of(node, f'{NS}/camera_head', lambda v: v.get('drops.invalid_image') == '3')
+        assert stats.get('drops.invalid_image') == '3'
+        pub.publish(good)
+        assert spin_until(node, lambda: bool(tensors), timeout=20.0)
+        assert runner.poll() is None
+
+
+def test_stage_refuses_a_missing_or_tampered_sub_model(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / 'bundle'
+    shutil.copytree(bundle, copy)
+    part = load_bundle(copy).manifest.partitions[0]
+    spec = stage_spec(copy, part.name)
+    model = copy / part.file
+    model.write_bytes(model.read_bytes()[:-1] + b'\x00')
+    tampered = subprocess.run(node_command(spec), capture_output=True, text=True, timeout=60)
+    assert tampered.returncode != 0 and 'sha256' in tampered.stderr and part.file in tampered.stderr
+    model.unlink()
+    missing = subprocess.run(node_command(spec), capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and 'missing' in missing.stderr and part.file in missing.stderr
+    assert sys.executable in node_command(spec)[0]
