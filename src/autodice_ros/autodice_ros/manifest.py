@@ -14,7 +14,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -347,11 +348,13 @@ def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
     return data
 
 
-def write_bundle(root: str | os.PathLike[str], manifest: Manifest,
-                 files: Mapping[str, bytes | Path], force: bool = False) -> Bundle:
-    """Write the sub-models and the manifest into a temp dir next to ``root``, then rename.
+@contextmanager
+def staged_bundle(root: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+    """A temp dir next to ``root`` to write a bundle into; it becomes ``root`` when the block ends.
 
-    A failure leaves nothing behind; an existing ``root`` is replaced only with ``force``.
+    An exception in the block removes the temp dir and leaves ``root`` as it was; an existing
+    ``root`` is replaced only with ``force``. For writers that stream large sub-models straight
+    into the bundle (the splitter); :func:`write_bundle` is the simple form.
     """
     root = Path(root)
     if root.exists() and not force:
@@ -363,14 +366,7 @@ def write_bundle(root: str | os.PathLike[str], manifest: Manifest,
     except OSError as exc:
         raise BundleError(f'{root}: cannot write the bundle here: {exc.strerror}') from exc
     try:
-        for name, content in files.items():
-            target = tmp / name
-            if isinstance(content, Path):
-                shutil.copyfile(content, target)
-            else:
-                target.write_bytes(content)
-        text = json.dumps(manifest_to_dict(manifest), indent=2) + '\n'
-        (tmp / MANIFEST_NAME).write_text(text)
+        yield tmp
         os.chmod(tmp, 0o755)
         if root.exists():
             old = Path(tempfile.mkdtemp(prefix=f'.{root.name}.old.', dir=parent))
@@ -385,4 +381,24 @@ def write_bundle(root: str | os.PathLike[str], manifest: Manifest,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Bundle(root, manifest)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest_to_dict(manifest), indent=2) + '\n')
+
+
+def write_bundle(root: str | os.PathLike[str], manifest: Manifest,
+                 files: Mapping[str, bytes | Path], force: bool = False) -> Bundle:
+    """Write the sub-models and the manifest into a temp dir next to ``root``, then rename.
+
+    A failure leaves nothing behind; an existing ``root`` is replaced only with ``force``.
+    """
+    with staged_bundle(root, force) as tmp:
+        for name, content in files.items():
+            target = tmp / name
+            if isinstance(content, Path):
+                shutil.copyfile(content, target)
+            else:
+                target.write_bytes(content)
+        write_manifest(tmp, manifest)
+    return Bundle(Path(root), manifest)

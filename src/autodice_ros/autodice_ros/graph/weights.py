@@ -50,6 +50,7 @@ _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
 # double_data, uint64_data): left out of the lean copy.
 _TENSOR_DATA = frozenset({4, 5, 6, 7, 9, 10, 11})
 _TENSOR_DATA_LOCATION = 14
+_TENSOR_RAW_DATA = 9
 
 
 class _TruncatedError(Exception):
@@ -75,6 +76,7 @@ class LeanModel:
     path: Path
     model: onnx.ModelProto
     spans: dict[str, Span]
+    raw: dict[str, Span]    # large initializers' raw_data payloads in ``path``
     external: bool          # some initializer keeps its values in an external data file
 
 
@@ -160,27 +162,34 @@ class _Reader:
             pos = stop
 
 
-def _lean_tensor(reader: _Reader, start: int, payload: int, stop: int) -> tuple[bytes, bool]:
-    """The initializer field at [start, stop) without its values, and whether it is external."""
+def _lean_tensor(reader: _Reader, start: int, payload: int, stop: int
+                 ) -> tuple[bytes, Span | None, bool]:
+    """The initializer field at [start, stop) without its values, where its raw_data payload
+    lies (if it has one and is large), and whether its values are in an external file."""
     if stop - start <= KEEP_BYTES:
-        return reader.read(start, stop - start), False
+        return reader.read(start, stop - start), None, False
     kept = bytearray()
+    raw = None
     external = False
     for field, _wire, at, value, end in reader.fields(payload, stop, None):
+        if field == _TENSOR_RAW_DATA:
+            raw = Span(value, end - value)
         if field in _TENSOR_DATA:
             continue
         piece = reader.read(at, end - at)
         if field == _TENSOR_DATA_LOCATION:
             external = _decode_varint(piece, value - at)[0] == onnx.TensorProto.EXTERNAL
         kept += piece
-    return _len_field(_GRAPH_INITIALIZER, len(kept)) + bytes(kept), external
+    return _len_field(_GRAPH_INITIALIZER, len(kept)) + bytes(kept), raw, external
 
 
-def _scan(reader: _Reader) -> tuple[bytes, dict[str, Span], bool]:
-    """The lean copy of the file's bytes, initializer spans, and whether weights are external."""
+def _scan(reader: _Reader) -> tuple[bytes, dict[str, Span], dict[str, Span], bool]:
+    """The lean copy of the file's bytes, initializer spans, raw_data spans of the large ones,
+    and whether some weights are external."""
     top = bytearray()
     graph = bytearray()
     spans: dict[str, Span] = {}
+    raws: dict[str, Span] = {}
     external = False
     for field, _wire, start, payload, stop in reader.fields(0, reader.size, _MODEL_FIELDS):
         if field != _MODEL_GRAPH:
@@ -190,12 +199,14 @@ def _scan(reader: _Reader) -> tuple[bytes, dict[str, Span], bool]:
             if gfield != _GRAPH_INITIALIZER:
                 graph += reader.read(gstart, gstop - gstart)
                 continue
-            piece, is_external = _lean_tensor(reader, gstart, gpayload, gstop)
+            piece, raw, is_external = _lean_tensor(reader, gstart, gpayload, gstop)
             external |= is_external
             name = onnx.TensorProto.FromString(piece[_header_length(piece):]).name
             spans[name] = Span(gstart, gstop - gstart)
+            if raw is not None:
+                raws[name] = raw
             graph += piece
-    return bytes(top) + _len_field(_MODEL_GRAPH, len(graph)) + bytes(graph), spans, external
+    return bytes(top) + _len_field(_MODEL_GRAPH, len(graph)) + bytes(graph), spans, raws, external
 
 
 def _header_length(field_bytes: bytes) -> int:
@@ -244,7 +255,7 @@ def read_lean(path: str | os.PathLike[str]) -> LeanModel:
         raise ModelError(f'{path}: no such file')
     fd, size = _open(path)
     try:
-        skeleton, spans, external = _scan(_Reader(fd, size))
+        skeleton, spans, raws, external = _scan(_Reader(fd, size))
     except (_TruncatedError, _NotOnnxError) as exc:
         raise ModelError(f'{path}: {_describe(exc, size)}') from None
     finally:
@@ -254,7 +265,7 @@ def read_lean(path: str | os.PathLike[str]) -> LeanModel:
     except DecodeError as exc:
         raise ModelError(f'{path}: not an ONNX model: protobuf cannot parse it') from exc
     check_model(model, path)
-    return LeanModel(path, model, spans, external)
+    return LeanModel(path, model, spans, raws, external)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -312,33 +323,92 @@ def _write_atomic(path: Path, pieces: Callable[[Callable[[bytes | memoryview], N
     return digest.hexdigest()
 
 
-def write_submodel(path: str | os.PathLike[str], model: onnx.ModelProto, source: LeanModel,
-                   initializers: Sequence[str]) -> str:
-    """Write ``model`` (no initializers of its own) plus ``source``'s ``initializers``, verbatim.
+@dataclass(frozen=True)
+class Written:
+    """A sub-model file: its sha256, and where each large initializer's raw_data landed in it."""
 
-    Returns the sha256 of the file written.
-    """
+    path: Path
+    sha256: str
+    raw: dict[str, Span]
+
+
+def write_submodel(path: str | os.PathLike[str], model: onnx.ModelProto, source: LeanModel,
+                   initializers: Sequence[str]) -> Written:
+    """Write ``model`` (no initializers of its own) plus ``source``'s ``initializers``, verbatim."""
     path = Path(path)
     if source.external:
         raise ModelError(f'{source.path}: keeps weights in external data files; '
                          f'splitting such models is not supported yet')
     spans = [source.spans[name] for name in initializers]
     prefix = _model_prefix(model, sum(s.length for s in spans))
+    placed: dict[str, Span] = {}
+    offset = len(prefix)
+    for name, span in zip(initializers, spans, strict=True):
+        raw = source.raw.get(name)
+        if raw is not None:
+            placed[name] = Span(offset + raw.offset - span.offset, raw.length)
+        offset += span.length
     fd, size = _open(source.path)
 
     def pieces(emit: Callable[[bytes | memoryview], None]) -> None:
         emit(prefix)
         for span in spans:
-            for offset in range(span.offset, span.offset + span.length, _CHUNK):
-                length = min(_CHUNK, span.offset + span.length - offset)
-                data = os.pread(fd, length, offset)
+            for start in range(span.offset, span.offset + span.length, _CHUNK):
+                length = min(_CHUNK, span.offset + span.length - start)
+                data = os.pread(fd, length, start)
                 if len(data) != length:
                     raise ModelError(f'{source.path}: changed while being split (now {size} bytes)')
                 emit(data)
     try:
-        return _write_atomic(path, pieces)
+        return Written(path, _write_atomic(path, pieces), placed)
     finally:
         os.close(fd)
+
+
+def _make_external(tensor: onnx.TensorProto, written: Written, source: LeanModel) -> None:
+    """Point ``tensor`` at its raw_data in the written file, after checking the byte count."""
+    place = written.raw[tensor.name]
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    expected = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    if place.length != expected:
+        raise ModelError(f'{source.path}: initializer {tensor.name!r} has {place.length} bytes of '
+                         f'raw_data, its shape {list(tensor.dims)} needs {expected}')
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (('location', written.path.name), ('offset', str(place.offset)),
+                       ('length', str(place.length))):
+        tensor.external_data.add(key=key, value=value)
+
+
+def check_written(written: Written, model: onnx.ModelProto, source: LeanModel,
+                  initializers: Sequence[str]) -> None:
+    """``onnx.checker`` full check of a file made by :func:`write_submodel`, without loading it.
+
+    The checker parses a model whole (twice its size for a path). Instead it checks a twin
+    that lists the large initializers as external data at their place in the written file:
+    the same graph, types and shapes, with the location checked. That each raw_data holds
+    exactly its shape's bytes -- the part of the check the twin skips -- is checked here.
+    """
+    twin = onnx.ModelProto()
+    twin.CopyFrom(model)
+    lean = {t.name: t for t in source.model.graph.initializer}
+    for name in initializers:
+        tensor = twin.graph.initializer.add()
+        tensor.CopyFrom(lean[name])
+        if name in written.raw:
+            _make_external(tensor, written, source)
+        elif source.spans[name].length > KEEP_BYTES:
+            # Large values not in raw_data (float_data, ...) are not in the lean model: check
+            # the real file, at the checker's memory cost.
+            onnx.checker.check_model(os.fspath(written.path), full_check=True)
+            return
+    fd, tmp = tempfile.mkstemp(prefix=f'.{written.path.stem}.', suffix='.check.onnx',
+                               dir=written.path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(twin.SerializeToString())
+        onnx.checker.check_model(tmp, full_check=True)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_arrays(path: str | os.PathLike[str], model: onnx.ModelProto, arrays: Sequence[LazyArray]

@@ -1,0 +1,1 @@
+"""Splitting: a mapping -> sub-models (:mod:`.layerwise`) -> a deployment bundle (:mod:`.bundle`)."""
