@@ -292,6 +292,9 @@ def tensor_types(model: onnx.ModelProto, where: str | os.PathLike[str] | None = 
     """
     place = _where(where, model)
     light = strip_weights(model)
+    order = topological_order(light.graph, place)       # inference reads the nodes in file order
+    del light.graph.node[:]
+    light.graph.node.extend(order)
     _fix_input_dims(light, input_dims or {}, place)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True,
