@@ -51,12 +51,16 @@ def test_stage_drops_bad_tensor_lists_and_keeps_working(bundle: Path) -> None:
     manifest = load_bundle(bundle).manifest
     second = manifest.partitions[1]
     spec = stage_spec(bundle, second.name)
-    (entry,) = second.inputs
-    good = np.random.default_rng(0).standard_normal(entry.shape).astype(entry.dtype)
+    assert len(second.input_topics()) == 1
+    entry = second.inputs[0]
+    rng = np.random.default_rng(0)
+    good = {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in second.inputs}
+    first = good[entry.name]
+    rest = {k: v for k, v in good.items() if k != entry.name}
     bad = {
-        'wrong name': {'not_' + entry.name: good},
-        'wrong shape': {entry.name: good.reshape(-1)},
-        'wrong dtype': {entry.name: good.astype(np.float64)},
+        'wrong name': {'not_' + entry.name: first, **rest},
+        'wrong shape': {entry.name: first.reshape(-1), **rest},
+        'wrong dtype': {entry.name: first.astype(np.float64), **rest},
     }
     with ros_node('bad_tensor_driver') as node, Runner([spec]) as runner:
         pub = TensorPublisher(node, f'{NS}/{entry.topic}', qos_profile())
@@ -66,12 +70,12 @@ def test_stage_drops_bad_tensor_lists_and_keeps_working(bundle: Path) -> None:
         assert wait_for_subscribers(node, [pub], timeout=30.0)
         for i, tensors in enumerate(bad.values()):
             pub.publish(now_header(), i, tensors)
-        msg = encode_list(now_header(), 9, {entry.name: good})
+        msg = encode_list(now_header(), 9, good)
         msg.tensors[0].data = msg.tensors[0].data[:-4]          # byte count lies about the shape
         pub._publisher.publish(msg)
         stats = diagnostics_of(node, f'{NS}/{spec.name}', lambda v: v.get('drops.invalid') == '4')
         assert stats.get('drops.invalid') == '4' and stats['frames_out'] == '0'
-        pub.publish(now_header(), 10, {entry.name: good})
+        pub.publish(now_header(), 10, good)
         assert spin_until(node, lambda: bool(outputs), timeout=20.0)
         assert outputs[0].frame == 10
         assert runner.poll() is None                              # still running
