@@ -45,7 +45,7 @@ def three_stage_bundle(root: Path) -> Path:
 def test_whole_pipeline_on_one_machine_uses_shared_memory_everywhere(tmp_path: Path) -> None:
     specs = make_plan(three_stage_bundle(tmp_path))
     assert [s.executable for s in specs] == ['image_source', 'camera_head', 'stage', 'stage', 'stage', 'tail']
-    assert [s.name for s in specs][2:5] == ['stage_p0', 'stage_p1', 'stage_p2']
+    assert [s.name for s in specs][2:5] == ['p0', 'p1', 'p2']
     assert all(s.env[PROFILE_VAR].endswith('fastdds_board.xml') for s in specs)
     assert {s.namespace for s in specs} == {'/autodice'}
     stage = specs[3]
@@ -56,13 +56,13 @@ def test_whole_pipeline_on_one_machine_uses_shared_memory_everywhere(tmp_path: P
 def test_a_board_starts_only_its_nodes_and_cross_board_links_use_the_network_profile(tmp_path: Path) -> None:
     bundle = three_stage_bundle(tmp_path)
     board_a = make_plan(bundle, PlanOptions(board='a'))
-    assert [s.name for s in board_a] == ['image_source', 'camera_head', 'stage_p0']
+    assert [s.name for s in board_a] == ['image_source', 'camera_head', 'p0']
     profiles = {s.name: Path(s.env[PROFILE_VAR]).name for s in board_a}
     assert profiles == {'image_source': 'fastdds_board.xml', 'camera_head': 'fastdds_board.xml',
-                        'stage_p0': 'fastdds_network.xml'}
+                        'p0': 'fastdds_network.xml'}
     assert board_a[2].env['RMW_FASTRTPS_PUBLICATION_MODE'] == 'ASYNCHRONOUS'
     board_b = make_plan(bundle, PlanOptions(board='b', source='none'))
-    assert [s.name for s in board_b] == ['stage_p1', 'stage_p2', 'tail']
+    assert [s.name for s in board_b] == ['p1', 'p2', 'tail']
     assert Path(board_b[0].env[PROFILE_VAR]).name == 'fastdds_network.xml'    # reads from board a
     assert Path(board_b[2].env[PROFILE_VAR]).name == 'fastdds_board.xml'      # tail: all on b
 

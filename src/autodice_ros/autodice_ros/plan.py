@@ -125,6 +125,15 @@ def crosses_boards(manifest: Manifest) -> dict[str, bool]:
             for k, v in crossing.items()}
 
 
+FIXED_NODES = ('image_source', 'camera_head', 'tail')
+
+
+def stage_node_name(partition: str) -> str:
+    """A stage's node name: its partition's name as a ROS token (prefixed if that is taken)."""
+    token = ros_token(partition)
+    return f'stage_{token}' if token in FIXED_NODES else token
+
+
 def node_env(kind: str) -> dict[str, str]:
     """Environment for one node's transport: 'board', 'network' or 'none'."""
     if kind == 'none':
@@ -172,7 +181,7 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
             params: dict[str, ParamValue] = {'bundle': root, 'partition': part.name, **qos}
             if options.threads:
                 params['threads'] = options.threads
-            specs.append(NodeSpec('stage', f'stage_{ros_token(part.name)}', ns, part.board,
+            specs.append(NodeSpec('stage', stage_node_name(part.name), ns, part.board,
                                   params, env_for(part.name)))
     if options.tail and here(tail_board):
         specs.append(NodeSpec('tail', 'tail', ns, tail_board, {'bundle': root, **qos}, env_for('tail')))
