@@ -106,7 +106,8 @@ def single_bundle(bundle: Bundle, workdir: Path) -> Path:
     return out
 
 
-def run(bundle_dir: Path, frames: int = 60, out: Path | None = None, plot: Path | None = None) -> dict[str, Any]:
+def run(bundle_dir: Path, frames: int = 60, out: Path | None = None,
+        plot: Path | None = None) -> dict[str, Any]:
     from autodice_ros.nodes.image_source import synthetic_pattern, to_image_msg
     from autodice_ros.rosutil import now_header
 
