@@ -1,0 +1,100 @@
+"""The runner supervises real node processes: restarts by policy, stops everything on a signal."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import AUTODICE, split
+
+from autodice_ros.plan import PlanOptions, make_plan
+from autodice_ros.runner import Runner
+
+
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory: pytest.TempPathFactory, zoo_model: Callable[[str], Path]) -> Path:
+    return split(zoo_model('squeezenet'), tmp_path_factory.mktemp('runner') / 'bundle', '--boards', '2')
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f'/proc/{pid}/task/{pid}/children')
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != 'Z'
+
+
+def wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_every_child_within_5_s_without_zombies(sig: signal.Signals, bundle: Path) -> None:
+    proc = subprocess.Popen([AUTODICE, 'run', str(bundle), '--namespace', '/runner_sig'],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    expected = len(make_plan(bundle))
+    assert wait(lambda: len(children(proc.pid)) == expected, 30.0), proc.pid
+    kids = children(proc.pid)
+    time.sleep(2.0)                                  # let the nodes get fully up
+    start = time.monotonic()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=15)
+    assert time.monotonic() - start < 5.0, out
+    assert proc.returncode == 0, out
+    assert not [k for k in kids if alive(k)], out
+
+
+def test_on_failure_policy_restarts_a_killed_stage(bundle: Path) -> None:
+    specs = make_plan(bundle, PlanOptions(namespace='/runner_restart', source='none'))
+    stage = next(s for s in specs if s.executable == 'stage')
+    with Runner(specs, restart='on-failure', max_restarts=2) as runner:
+        first = runner.pid(stage.name)
+        time.sleep(1.0)
+        os.kill(first, signal.SIGKILL)
+        assert wait(lambda: runner.poll() is None and runner.pid(stage.name) != first, 10.0)
+        child = next(c for c in runner.children if c.spec.name == stage.name)
+        assert child.restarts == 1 and child.exits == [-signal.SIGKILL]
+        assert alive(runner.pid(stage.name))
+
+
+def test_never_policy_stops_and_reports_the_dead_node(bundle: Path) -> None:
+    specs = make_plan(bundle, PlanOptions(namespace='/runner_never', source='none'))
+    runner = Runner(specs, restart='never')
+    runner.start()
+    try:
+        pids = [c.process.pid for c in runner.children if c.process is not None]
+        os.kill(pids[-1], signal.SIGKILL)
+        status = None
+        end = time.monotonic() + 10
+        while status is None and time.monotonic() < end:
+            status = runner.poll()
+            time.sleep(0.05)
+        assert status is not None and status != 0
+    finally:
+        runner.stop()
+    assert not [p for p in pids if alive(p)]
+
+
+def test_children_die_with_a_killed_runner(bundle: Path) -> None:
+    proc = subprocess.Popen([AUTODICE, 'run', str(bundle), '--namespace', '/runner_kill9'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    expected = len(make_plan(bundle))
+    assert wait(lambda: len(children(proc.pid)) == expected, 30.0)
+    kids = children(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert wait(lambda: not [k for k in kids if alive(k)], 10.0)
