@@ -56,7 +56,10 @@ if [ "$patched" -gt 0 ]; then
 fi
 
 # 4. colcon build -----------------------------------------------------------------
-src_hash=$(cd "$ROOT" && find -L src colcon.meta -type f -not -path "*/__pycache__/*" | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+# only what colcon turns into build output: python sources are linked (--symlink-install)
+src_hash=$(cd "$ROOT" && find -L src colcon.meta -type f \( -name package.xml -o -name setup.py -o -name setup.cfg \
+  -o -name CMakeLists.txt -o -name '*.msg' -o -path '*/resource/*' -o -path '*/launch/*' -o -path '*/config/*' \
+  -o -name colcon.meta \) -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
 if stamp_ok build "$src_hash" && [ -d "$ROOT/install/autodice_ros" ] && [ -d "$ROOT/install/autodice_msgs" ]; then
   say "workspace build up to date"
 else
