@@ -363,6 +363,8 @@ def staged_bundle(root: str | os.PathLike[str], force: bool = False) -> Iterator
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f'.{root.name}.', dir=parent))
+    except FileExistsError as exc:
+        raise BundleError(f'{root}: cannot write the bundle here: {exc.filename} is not a directory') from exc
     except OSError as exc:
         raise BundleError(f'{root}: cannot write the bundle here: {exc.strerror}') from exc
     try:

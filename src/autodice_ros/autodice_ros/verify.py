@@ -133,15 +133,11 @@ def whole_model_path(bundle: Bundle, model: str | os.PathLike[str] | None = None
     return path
 
 
-def verify_bundle(root: str | os.PathLike[str], inputs: int = 1,
-                  model: str | os.PathLike[str] | None = None, seed: int = 0) -> Report:
-    """Compare the chained sub-models with the whole model on ``inputs`` seeded random inputs."""
-    if inputs < 1:
-        raise BundleError(f'--inputs {inputs}: need at least 1')
-    bundle = load_bundle(root)
-    source = whole_model_path(bundle, model)
-    sessions = open_sessions(bundle, check_hashes=True)
-    whole, _ = create_session(source, 1)
+def compare(bundle: Bundle, whole: Any, inputs: int = 1, seed: int = 0,
+            sessions: Mapping[str, Any] | None = None) -> tuple[OutputError, ...]:
+    """How far the chain is from ``whole`` (a session of the source model) on seeded inputs."""
+    if sessions is None:
+        sessions = open_sessions(bundle)
     worst = {e.name: (0.0, 0.0) for e in bundle.manifest.outputs}      # max abs diff, max |ref|
     for i in range(inputs):
         feeds = random_inputs(bundle.manifest.inputs, seed + i)
@@ -153,6 +149,17 @@ def verify_bundle(root: str | os.PathLike[str], inputs: int = 1,
             diff = diff if np.isfinite(diff) else np.inf            # NaN must not compare as small
             scale = float(np.max(np.abs(ref))) if ref.size else 0.0
             worst[name] = (max(worst[name][0], diff), max(worst[name][1], scale))
-    errors = tuple(OutputError(name, diff, diff / scale if scale > 0 else (0.0 if diff == 0 else np.inf))
-                   for name, (diff, scale) in worst.items())
-    return Report(Path(root), source, inputs, errors)
+    return tuple(OutputError(name, diff, diff / scale if scale > 0 else (0.0 if diff == 0 else np.inf))
+                 for name, (diff, scale) in worst.items())
+
+
+def verify_bundle(root: str | os.PathLike[str], inputs: int = 1,
+                  model: str | os.PathLike[str] | None = None, seed: int = 0) -> Report:
+    """Check hashes, then compare the chained sub-models with the whole model on seeded inputs."""
+    if inputs < 1:
+        raise BundleError(f'--inputs {inputs}: need at least 1')
+    bundle = load_bundle(root)
+    source = whole_model_path(bundle, model)
+    sessions = open_sessions(bundle, check_hashes=True)
+    whole, _ = create_session(source, 1)
+    return Report(Path(root), source, inputs, compare(bundle, whole, inputs, seed, sessions))
