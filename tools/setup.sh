@@ -66,7 +66,7 @@ else
   say "colcon build (autodice_msgs: rosidl; autodice_ros: ament_python)"
   (
     cd "$ROOT"
-    export PATH="$VENV/bin:$PATH" CMAKE_PREFIX_PATH="$VENV"
+    export PATH="$VENV/bin:$PATH" CMAKE_PREFIX_PATH="$VENV" AMENT_PREFIX_PATH="$VENV"
     unset COLCON_PREFIX_PATH
     "$VENV/bin/colcon" --log-base log build --base-paths src --symlink-install \
       --event-handlers console_direct- summary+ \
