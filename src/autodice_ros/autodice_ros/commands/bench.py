@@ -11,18 +11,29 @@ def _floats(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop}')
+    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split}')
     hop = sub.add_parser('hop', help='one-way latency of a tensor hop between two processes')
     hop.add_argument('--sizes', type=_floats, default=[0.6, 3.2, 12.8], help='payload sizes in MB')
     hop.add_argument('--setups', default='default,shipped',
                      help='comma list of: default, shipped, network')
     hop.add_argument('--count', type=int, default=30, help='messages per size (after warm-up)')
     hop.add_argument('-o', '--out', type=Path, help='also write the JSON here')
+    split = sub.add_parser('split', help='whole model vs sum of its parts; predicted vs measured stages')
+    split.add_argument('model', type=Path, help='the ONNX model')
+    split.add_argument('--boards', type=int, default=3, help='number of stages (default 3)')
+    split.add_argument('--reps', type=int, default=15, help='interleaved timing rounds (default 15)')
+    split.add_argument('--profile', type=Path, help='a profile JSON of this model (default: profile now)')
+    split.add_argument('-o', '--out', type=Path, help='also write the JSON here')
 
 
 def run(args: argparse.Namespace) -> int:
     if args.bench == 'hop':
         from autodice_ros.bench import hop
         report = hop.run(args.sizes, args.setups.split(','), args.count, out=args.out)
+    elif args.bench == 'split':
+        from autodice_ros.bench import split
+        from autodice_ros.profile import load_profile
+        profile = load_profile(args.profile) if args.profile is not None else None
+        report = split.run(args.model, args.boards, args.reps, profile, out=args.out)
     print(json.dumps(report, indent=2))
     return 0
