@@ -171,3 +171,11 @@ def test_bad_yaml_mappings_name_the_field(inception: ModelGraph, tmp_path: Path,
                                           message: str) -> None:
     with pytest.raises(MappingError, match=message):
         load_mapping(write(tmp_path / 'm.yaml', text), inception)
+
+
+def test_unnamed_yaml_partitions_on_one_board_are_numbered(inception: ModelGraph, tmp_path: Path) -> None:
+    third = inception.ids[inception.compute_nodes()[50]]
+    text = f'partitions:\n  - {{board: a}}\n  - {{board: b, from: {third}, to: {third}}}\n  - {{board: a}}\n'
+    mapping = load_mapping(write(tmp_path / 'm.yml', text), inception)
+    assert [p.name for p in mapping.partitions] == ['a_0', 'b', 'a_1']
+    assert mapping.partitions[1].nodes == (third,)

@@ -253,12 +253,10 @@ def _default_names(draft: _Draft) -> None:
         if entry.spec.name:
             continue
         board = entry.spec.board
-        name = board
-        while per_board[board] > 1 or name in taken:
+        name = board if per_board[board] == 1 and board not in taken else ''
+        while not name or name in taken:
             name = f'{board}_{counters.get(board, 0)}'
             counters[board] = counters.get(board, 0) + 1
-            if name not in taken:
-                break
         taken.add(name)
         entry.spec = replace(entry.spec, name=name, key=name)
 
