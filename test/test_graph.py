@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 import pytest
 import torchlike
+from pipeline_helpers import autodice
 
 from autodice_ros.errors import ModelError
 from autodice_ros.graph import zoo
@@ -22,8 +22,6 @@ from autodice_ros.graph.model import (
     topological_order,
 )
 from autodice_ros.graph.weights import read_lean, write_submodel
-
-AUTODICE = str(Path(__file__).resolve().parents[1] / '.venv' / 'bin' / 'autodice')
 
 
 @pytest.fixture(scope='module')
@@ -88,9 +86,7 @@ def test_lean_write_of_everything_reproduces_the_model(tmp_path: Path,
 
 
 def test_nodes_lists_topological_order_with_costs(torch_model: Path) -> None:
-    result = subprocess.run([AUTODICE, 'nodes', str(torch_model), '--json'], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    result = autodice('nodes', str(torch_model), '--json')
     rows = json.loads(result.stdout)
     assert [r['index'] for r in rows] == list(range(12))
     conv = next(r for r in rows if r['id'] == '/layer1/conv/Conv')
@@ -98,5 +94,5 @@ def test_nodes_lists_topological_order_with_costs(torch_model: Path) -> None:
     assert conv['flops'] == 2 * 8 * 16 * 16 * 8 * 9 and conv['param_bytes'] == 8 * 8 * 9 * 4
     assert conv['activation_bytes'] == 8 * 16 * 16 * 4
     assert next(r for r in rows if r['id'] == '/Shape')['constant'] is True
-    table = subprocess.run([AUTODICE, 'nodes', str(torch_model)], capture_output=True, text=True, timeout=60)
-    assert table.returncode == 0 and '/layer1/conv/Conv' in table.stdout and '(const)' in table.stdout
+    table = autodice('nodes', str(torch_model))
+    assert '/layer1/conv/Conv' in table.stdout and '(const)' in table.stdout

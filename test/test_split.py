@@ -6,12 +6,14 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torchlike
+from pipeline_helpers import AUTODICE, autodice
 
 from autodice_ros.graph import zoo
 from autodice_ros.graph.model import ModelGraph, node_inputs
@@ -22,14 +24,12 @@ from autodice_ros.mapping import mapping_from_cuts
 from autodice_ros.split.bundle import open_model, write_split
 from autodice_ros.verify import compare, open_sessions, random_inputs, run_chain
 
-AUTODICE = str(Path(__file__).resolve().parents[1] / '.venv' / 'bin' / 'autodice')
 BRANCHY = ('resnet50', 'densenet121', 'inception_v1', 'inception_v2')
 # Files of a few hundred MB: the checker would parse them whole, so it checks the small ones.
 LARGE = ('vgg19', 'bvlc_alexnet', 'zfnet512')
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([AUTODICE, *args], capture_output=True, text=True, timeout=600)
+cli = partial(autodice, check=False)
 
 
 def crossing(graph: ModelGraph, after: int) -> int:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from pipeline_helpers import autodice
 
-AUTODICE = str(Path(__file__).resolve().parents[1] / '.venv' / 'bin' / 'autodice')
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([AUTODICE, *args], capture_output=True, text=True, timeout=300)
+cli = partial(autodice, check=False)
 
 
 def fails_cleanly(result: subprocess.CompletedProcess[str], out: Path, *expected: str) -> None:

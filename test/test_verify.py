@@ -3,22 +3,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from pipeline_helpers import autodice
 
 from autodice_ros.manifest import MANIFEST_NAME, sha256_file
 
-AUTODICE = str(Path(__file__).resolve().parents[1] / '.venv' / 'bin' / 'autodice')
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([AUTODICE, *args], capture_output=True, text=True, timeout=600)
+cli = partial(autodice, check=False)
 
 
 @pytest.fixture(scope='module')

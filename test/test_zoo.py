@@ -1,7 +1,6 @@
 """The zoo: nine Model Zoo CNNs with seeded weights that run in ONNX Runtime with sane outputs."""
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,17 +8,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from pipeline_helpers import autodice
 
 from autodice_ros.graph import zoo
 from autodice_ros.graph.model import data_inputs
 from autodice_ros.graph.weights import read_lean
 
-AUTODICE = str(Path(__file__).resolve().parents[1] / '.venv' / 'bin' / 'autodice')
-
 
 def test_list_names_all_nine() -> None:
-    result = subprocess.run([AUTODICE, 'zoo', '--list'], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0
+    result = autodice('zoo', '--list')
     assert result.stdout.split() == list(zoo.NAMES)
     assert len(zoo.NAMES) == 9
 
@@ -27,17 +24,14 @@ def test_list_names_all_nine() -> None:
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     paths = [tmp_path / 'a.onnx', tmp_path / 'b.onnx', tmp_path / 'c.onnx']
     for path, seed in zip(paths, (0, 0, 1), strict=True):
-        result = subprocess.run([AUTODICE, 'zoo', 'squeezenet', '-o', str(path), '--seed', str(seed)],
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
+        autodice('zoo', 'squeezenet', '-o', str(path), '--seed', str(seed))
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert paths[0].read_bytes() != paths[2].read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]     # no temp file left
 
 
 def test_unknown_name_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    result = subprocess.run([AUTODICE, 'zoo', 'lenet', '-o', str(tmp_path / 'x.onnx')],
-                            capture_output=True, text=True, timeout=60)
+    result = autodice('zoo', 'lenet', '-o', str(tmp_path / 'x.onnx'), check=False)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and 'lenet' in result.stderr
     assert not (tmp_path / 'x.onnx').exists()
