@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autodice_ros.errors import SplitError
-
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -44,17 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autodice_ros.mapping import load_mapping, mapping_from_cuts
-    from autodice_ros.split.bundle import ImageOptions, open_model, plan_or_even, write_split
+    from autodice_ros.split.bundle import ImageOptions, mapping_for_boards, open_model, write_split
 
-    if args.boards is not None and args.boards < 1:
-        raise SplitError(f'--boards {args.boards}: need at least 1')
     lean, graph = open_model(args.model, args.size)
     if args.mapping is not None:
         mapping = load_mapping(args.mapping, graph)
     elif args.cuts is not None:
         mapping = mapping_from_cuts([c.strip() for c in args.cuts.split(',') if c.strip()], graph)
     else:
-        mapping = plan_or_even(graph, args.boards)
+        mapping = mapping_for_boards(graph, args.boards)
     image = ImageOptions(args.mean, args.std, args.bgr, args.size, args.scale)
     bundle = write_split(lean, graph, mapping, args.output, args.force, image, args.labels)
     for part in bundle.manifest.partitions:

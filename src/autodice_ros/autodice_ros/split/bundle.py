@@ -7,8 +7,6 @@ with ``onnx.checker`` (full check, from the file) before the temp dir becomes th
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import shutil
 from collections.abc import Sequence
@@ -187,39 +185,11 @@ def _write_partition(lean: LeanModel, graph: ModelGraph, sub: SubModel, path: Pa
                      spec.threads, spec.cores, spec.nodes)
 
 
-def even_flops_mapping(graph: ModelGraph, boards: int) -> Mapping:
-    """``boards`` stages with about equal FLOPs each, cut in topological order.
-
-    The fallback of ``--boards K`` while the partitioner (:mod:`autodice_ros.partitioner`,
-    issue 5 item 6) is not there: it balances arithmetic only, not time or traffic.
-    """
-    from autodice_ros.graph.cost import node_costs
-
+def mapping_for_boards(graph: ModelGraph, boards: int) -> Mapping:
+    """``--boards K``: the whole model as one partition for 1, else the partitioner's K-stage plan."""
     if boards < 1:
         raise SplitError(f'--boards {boards}: need at least 1')
-    compute = graph.compute_nodes()
-    if boards > len(compute):
-        raise SplitError(f'--boards {boards}: the model has only {len(compute)} nodes to place')
     if boards == 1:
         return mapping_from_cuts([], graph)
-    flops = {c.id: c.flops for c in node_costs(graph)}
-    total = sum(flops[graph.ids[p]] for p in compute) or 1
-    cuts: list[str] = []
-    running = 0
-    for i, p in enumerate(compute[:-1]):
-        running += flops[graph.ids[p]]
-        left = len(compute) - 1 - i                     # nodes still to place after this one
-        due = len(cuts) + 1
-        if (running >= total * due / boards or left == boards - due) and due < boards:
-            cuts.append(graph.ids[p])
-    return mapping_from_cuts(cuts, graph, source=f'--boards {boards} (even FLOPs)')
-
-
-def plan_or_even(graph: ModelGraph, boards: int) -> Mapping:
-    """``--boards K``: one partition, the partitioner's plan, or an even FLOPs split without one."""
-    if boards == 1 or importlib.util.find_spec('autodice_ros.partitioner') is None:
-        return even_flops_mapping(graph, boards)
-    partitioner = importlib.import_module('autodice_ros.partitioner')
-    mapping: Mapping = partitioner.plan_mapping(graph, boards=boards)
-    return mapping
-
+    from autodice_ros.partitioner import plan_mapping
+    return plan_mapping(graph, boards=boards)
