@@ -96,3 +96,16 @@ def test_nodes_lists_topological_order_with_costs(torch_model: Path) -> None:
     assert next(r for r in rows if r['id'] == '/Shape')['constant'] is True
     table = autodice('nodes', str(torch_model))
     assert '/layer1/conv/Conv' in table.stdout and '(const)' in table.stdout
+
+
+def test_a_name_used_twice_gives_the_later_node_its_output_as_id() -> None:
+    make = onnx.helper
+    graph = make.make_graph(
+        [make.make_node('Relu', ['x'], ['a'], name='relu'),
+         make.make_node('Relu', ['a'], ['b'], name='relu')],
+        'g', [make.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1, 2])],
+        [make.make_tensor_value_info('b', onnx.TensorProto.FLOAT, [1, 2])])
+    model = make.make_model(graph, opset_imports=[make.make_opsetid('', 17)])
+    analysed = analyze(model)
+    assert analysed.ids == ['relu', 'b']
+    assert analysed.resolve('relu') == 0 and analysed.resolve('b') == 1

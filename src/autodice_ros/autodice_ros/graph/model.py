@@ -1,8 +1,9 @@
 """Reading an ONNX model, and the node-level facts every later stage shares.
 
 - Node ids follow AutoDiCE: the ONNX node name, or the first output's name where the name is
-  empty. AutoDiCE's ``format_onnx`` spelling (first output name, '/' -> '_') resolves too, so a
-  mapping written against their renamed model works on the original.
+  empty (or taken by an earlier node: ids are unique). AutoDiCE's ``format_onnx`` spelling
+  (first output name, '/' -> '_') resolves too, so a mapping written against their renamed
+  model works on the original.
 - Data inputs are the graph inputs that are not initializers: IR-3 files (the Model Zoo's) list
   every weight as a graph input too.
 - Shapes come from ONNX shape inference with the batch fixed at 1 (a pipeline carries one frame
@@ -401,9 +402,16 @@ def analyze(model: onnx.ModelProto, where: str | os.PathLike[str] | None = None,
         if const:
             constant_tensors.update(n for n in node.output if n)
         constant.append(const)
-    ids = [node_id(n) for n in nodes]
+    ids: list[str] = []
     lookup: dict[str, int] = {}
-    _index(zip(ids, range(len(nodes)), strict=True), lookup)
+    for node in nodes:
+        ident = node_id(node)
+        if ident in lookup and node.output:     # a name used twice: the later node goes by its output
+            ident = node.output[0]
+        if ident in lookup:
+            raise ModelError(f'{place}: two nodes are both called {ident!r}')
+        lookup[ident] = len(ids)
+        ids.append(ident)
     # Where a node has a name, its first output's name and AutoDiCE's spelling resolve too,
     # unless another node already answers to them.
     extra: dict[str, int] = {}

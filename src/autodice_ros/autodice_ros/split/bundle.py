@@ -2,8 +2,9 @@
 the manifest filled in (topics, partition graph, the head's preprocessing, the tail's postprocessing).
 
 The model is read once, without its weight bytes (:func:`open_model`); each sub-model is written
-straight into the bundle's temp dir with its weights copied from the source file, then checked
-with ``onnx.checker`` (full check, from the file) before the temp dir becomes the bundle.
+straight into the bundle's temp dir with its weights copied from the source file, hashed while
+written, and passed through ``onnx.checker``'s full check (:func:`~autodice_ros.graph.weights.
+check_written`) before the temp dir becomes the bundle. Any failure leaves no bundle behind.
 """
 from __future__ import annotations
 
