@@ -109,3 +109,31 @@ def test_a_name_used_twice_gives_the_later_node_its_output_as_id() -> None:
     analysed = analyze(model)
     assert analysed.ids == ['relu', 'b']
     assert analysed.resolve('relu') == 0 and analysed.resolve('b') == 1
+
+
+def test_weights_in_float_data_are_copied_and_checked(tmp_path: Path) -> None:
+    """Not every exporter writes raw_data: typed value fields go through the same byte copy."""
+    import numpy as np
+
+    from autodice_ros.mapping import mapping_from_cuts
+    from autodice_ros.split.bundle import open_model, write_split
+    from autodice_ros.verify import verify_bundle
+
+    make = onnx.helper
+    values = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
+    weight = make.make_tensor('w', onnx.TensorProto.FLOAT, [64, 64], values.ravel().tolist())
+    assert not weight.raw_data and len(weight.float_data) == 64 * 64
+    graph = make.make_graph(
+        [make.make_node('MatMul', ['x', 'w'], ['h'], name='mm1'),
+         make.make_node('Relu', ['h'], ['r'], name='relu'),
+         make.make_node('MatMul', ['r', 'w'], ['y'], name='mm2')],
+        'g', [make.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1, 64])],
+        [make.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1, 64])], initializer=[weight])
+    path = tmp_path / 'm.onnx'
+    onnx.save(make.make_model(graph, opset_imports=[make.make_opsetid('', 17)], ir_version=9), path)
+    lean, analysed = open_model(path)
+    assert lean.stripped == {'w'} and not lean.raw
+    bundle = write_split(lean, analysed, mapping_from_cuts(['relu'], analysed), tmp_path / 'b')
+    for part in bundle.manifest.partitions:         # the weight is shared: each part has its copy
+        assert [t.name for t in onnx.load(str(bundle.root / part.file)).graph.initializer] == ['w']
+    assert verify_bundle(bundle.root).ok

@@ -76,8 +76,9 @@ class LeanModel:
     path: Path
     model: onnx.ModelProto
     spans: dict[str, Span]
-    raw: dict[str, Span]    # large initializers' raw_data payloads in ``path``
-    external: bool          # some initializer keeps its values in an external data file
+    stripped: frozenset[str]    # initializers whose values were left out of ``model``
+    raw: dict[str, Span]        # where those with raw_data have it in ``path``
+    external: bool              # some initializer keeps its values in an external data file
 
 
 # -- wire format -------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def _lean_tensor(reader: _Reader, start: int, payload: int, stop: int
                  ) -> tuple[bytes, Span | None, bool]:
     """The initializer field at [start, stop) without its values, where its raw_data payload
     lies (if it has one and is large), and whether its values are in an external file."""
-    if stop - start <= KEEP_BYTES:
+    if stop - payload <= KEEP_BYTES:
         return reader.read(start, stop - start), None, False
     kept = bytearray()
     raw = None
@@ -183,12 +184,13 @@ def _lean_tensor(reader: _Reader, start: int, payload: int, stop: int
     return _len_field(_GRAPH_INITIALIZER, len(kept)) + bytes(kept), raw, external
 
 
-def _scan(reader: _Reader) -> tuple[bytes, dict[str, Span], dict[str, Span], bool]:
-    """The lean copy of the file's bytes, initializer spans, raw_data spans of the large ones,
-    and whether some weights are external."""
+def _scan(reader: _Reader) -> tuple[bytes, dict[str, Span], set[str], dict[str, Span], bool]:
+    """The lean copy of the file's bytes, initializer spans, the stripped initializers, their
+    raw_data spans, and whether some weights are external."""
     top = bytearray()
     graph = bytearray()
     spans: dict[str, Span] = {}
+    stripped: set[str] = set()
     raws: dict[str, Span] = {}
     external = False
     for field, _wire, start, payload, stop in reader.fields(0, reader.size, _MODEL_FIELDS):
@@ -203,10 +205,13 @@ def _scan(reader: _Reader) -> tuple[bytes, dict[str, Span], dict[str, Span], boo
             external |= is_external
             name = onnx.TensorProto.FromString(piece[_header_length(piece):]).name
             spans[name] = Span(gstart, gstop - gstart)
+            if gstop - gpayload > KEEP_BYTES:
+                stripped.add(name)
             if raw is not None:
                 raws[name] = raw
             graph += piece
-    return bytes(top) + _len_field(_MODEL_GRAPH, len(graph)) + bytes(graph), spans, raws, external
+    lean = bytes(top) + _len_field(_MODEL_GRAPH, len(graph)) + bytes(graph)
+    return lean, spans, stripped, raws, external
 
 
 def _header_length(field_bytes: bytes) -> int:
@@ -255,7 +260,7 @@ def read_lean(path: str | os.PathLike[str]) -> LeanModel:
         raise ModelError(f'{path}: no such file')
     fd, size = _open(path)
     try:
-        skeleton, spans, raws, external = _scan(_Reader(fd, size))
+        skeleton, spans, stripped, raws, external = _scan(_Reader(fd, size))
     except (_TruncatedError, _NotOnnxError) as exc:
         raise ModelError(f'{path}: {_describe(exc, size)}') from None
     finally:
@@ -265,7 +270,7 @@ def read_lean(path: str | os.PathLike[str]) -> LeanModel:
     except DecodeError as exc:
         raise ModelError(f'{path}: not an ONNX model: protobuf cannot parse it') from exc
     check_model(model, path)
-    return LeanModel(path, model, spans, raws, external)
+    return LeanModel(path, model, spans, frozenset(stripped), raws, external)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -396,7 +401,7 @@ def check_written(written: Written, model: onnx.ModelProto, source: LeanModel,
         tensor.CopyFrom(lean[name])
         if name in written.raw:
             _make_external(tensor, written, source)
-        elif source.spans[name].length > KEEP_BYTES:
+        elif name in source.stripped:
             # Large values not in raw_data (float_data, ...) are not in the lean model: check
             # the real file, at the checker's memory cost.
             onnx.checker.check_model(os.fspath(written.path), full_check=True)
