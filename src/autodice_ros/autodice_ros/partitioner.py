@@ -161,6 +161,29 @@ class Chain:
         raise ValueError(f'stop {stop} is outside the chain of {len(self)} nodes')
 
 
+def _fusion_anchors(graph: ModelGraph) -> dict[int, int]:
+    """For each fused node, the earliest node a cut after which un-fuses it.
+
+    A fused node stays fused only if its whole chain, back to its Conv, and every other input
+    it reads are computed in its own sub-model: ONNX Runtime adds a residual in place into the
+    Conv's output buffer and will not do so with a sub-model's input (seen on ResNet50: the
+    first block after a cut runs its Sum and Relu as separate kernels).
+    """
+    fused = fused_flags(graph)
+    roots = fusion_roots(graph, fused)
+    anchors: dict[int, int] = {}
+    for p, node in enumerate(graph.nodes):
+        if not fused[p] or graph.constant[p] or roots[p] == p:
+            continue
+        anchor = roots[p]
+        for name in node.input:
+            q = graph.producer.get(name)
+            if q is not None and not graph.constant[q]:     # its own chain: as far back as that goes
+                anchor = min(anchor, anchors.get(q, q) if roots[q] == roots[p] else q)
+        anchors[p] = anchor
+    return anchors
+
+
 def chain_from_graph(graph: ModelGraph, seconds: Sequence[float], costs: Sequence[NodeCost] | None = None,
                      calibration: Calibration | None = None) -> Chain:
     """The chain of ``graph``'s compute nodes; ``seconds`` per node of ``graph.nodes``, per-stage
@@ -178,12 +201,10 @@ def chain_from_graph(graph: ModelGraph, seconds: Sequence[float], costs: Sequenc
         tensors.append(Tensor(name, producer, max(uses, default=-1), nbytes, name in graph.outputs))
     unfused = np.zeros(len(positions) + 2)
     if calibration is not None:
-        fused = fused_flags(graph)
-        for p, root in enumerate(fusion_roots(graph, fused)):
-            if fused[p] and root != p and p in index and root in index:     # cut in (root, p]: runs alone
-                extra = calibration.node_seconds(costs[p]) - calibration.node_seconds(costs[p], fused=True)
-                unfused[index[root] + 1] += extra
-                unfused[index[p] + 1] -= extra
+        for p, anchor in _fusion_anchors(graph).items():        # a cut in (anchor, p]: p runs alone
+            extra = calibration.node_seconds(costs[p]) - calibration.node_seconds(costs[p], fused=True)
+            unfused[index[anchor] + 1] += extra
+            unfused[index[p] + 1] -= extra
     return Chain(ids=[graph.ids[p] for p in positions], seconds=np.array([seconds[p] for p in positions]),
                  param_bytes=np.array([costs[p].param_bytes for p in positions]), tensors=tensors,
                  unfused_s=np.cumsum(unfused)[:len(positions) + 1],

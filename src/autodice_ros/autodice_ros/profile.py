@@ -49,6 +49,8 @@ _SUFFIX = re.compile(r'_[a-z]+$')
 _FUSABLE = frozenset({'BatchNormalization', 'Relu', 'Clip', 'LeakyRelu', 'Sigmoid', 'HardSigmoid',
                       'Add', 'Sum', 'Mul'})
 _FUSION_ROOTS = frozenset({'Conv', 'ConvTranspose', 'Gemm', 'MatMul'})
+# Weighted log error per e-fold the byte rate strays from the built-in one (see fit_calibration).
+_PRIOR_WEIGHT = 0.01
 # A kernel's fixed cost is microseconds; a larger fitted value means too few kernels to tell.
 _MAX_OVERHEAD_S = 30e-6
 # Ops ONNX Runtime removes from the graph.
@@ -188,8 +190,10 @@ def fit_calibration(timed: Sequence[Kernel], threads: int) -> Calibration:
     rates and the per-kernel overhead are fitted on the Conv/Gemm kernels -- the roofline's home
     ground, where 3x3 convolutions pin the FLOP rate and batch-1 fully connected layers the byte
     rate -- by a coarse-to-fine grid search minimising the time-weighted absolute log error (big
-    kernels dominate stage times; a log error treats over- and under-prediction alike). Every
-    other op type then gets its factor: the time-weighted geometric mean of measured / roofline.
+    kernels dominate stage times; a log error treats over- and under-prediction alike). A weak
+    prior holds the byte rate near the built-in one where the kernels cannot tell it (ResNet50
+    alone has no large fully connected layer and drifted to a quarter of it). Every other op
+    type then gets its factor: the time-weighted geometric mean of measured / roofline.
     """
     ops = np.array([k.op for k in timed])
     root_flops, fused_flops, nbytes, measured = (np.array([getattr(k, name) for k in timed], float)
@@ -203,7 +207,8 @@ def fit_calibration(timed: Sequence[Kernel], threads: int) -> Calibration:
         """Weighted log error for every combination of the three grids (axes 0, 1, 2)."""
         p, b, o = peak[:, None, None, None], bandwidth[None, :, None, None], overhead[None, None, :, None]
         predicted = o + np.maximum(root_flops[core] / p, nbytes[core] / b) + fused_flops[core] / p
-        return np.asarray(np.sum(weight * np.abs(np.log(predicted / measured[core])), axis=-1))
+        prior = _PRIOR_WEIGHT * np.abs(np.log(b[..., 0] / DEFAULT_CALIBRATION.bytes_per_s))
+        return np.asarray(np.sum(weight * np.abs(np.log(predicted / measured[core])), axis=-1) + prior)
 
     grids = [np.logspace(8, 13, 41), np.logspace(8, 12, 33),
              np.concatenate([[0.0], np.geomspace(1e-7, _MAX_OVERHEAD_S, 13)])]

@@ -5,8 +5,8 @@ partitioner predicted the stages.
    cut them with the real splitter into a temporary bundle.
 2. In one process, with the same session settings as the stage nodes (:func:`create_session`,
    the manifest's threads): time the whole model and each sub-model on the inputs it really
-   gets, interleaved -- whole, part 0, part 1, ... -- for ``reps`` rounds, so load from other
-   processes hits both sides alike. Medians throughout. With one thread the clock is the
+   gets, interleaved in a fresh random order each round for ``reps`` rounds, so load from
+   other processes hits both sides alike. Medians throughout. With one thread the clock is the
    calling thread's CPU time (ORT computes on it), which other processes sharing the cores
    do not inflate; wall times are reported too.
 3. Report whole-model time vs the sum of the parts (target <= 1.03: splitting must not add
@@ -103,12 +103,17 @@ def measure(model: Path, bundle_dir: Path, reps: int, workdir: Path) -> dict[str
             sessions[part.name].run(None, feeds[part.name])
     whole_t: list[tuple[float, float]] = []
     part_t: dict[str, list[tuple[float, float]]] = {p.name: [] for p in parts}
-    for rep in range(reps):
-        order = parts if rep % 2 == 0 else parts[::-1]      # no part always runs right after the whole
-        whole_t.append(_timed(whole, inputs))
-        for part in order:
-            part_t[part.name].append(_timed(sessions[part.name], feeds[part.name]))
-        timed_run(profiled, inputs, calibrating)
+    rng = np.random.default_rng(0)
+    for _ in range(reps):
+        # A fresh order every round: nothing always runs first, or right after the whole model.
+        for slot in rng.permutation(len(parts) + 2):
+            if slot < len(parts):
+                part = parts[slot]
+                part_t[part.name].append(_timed(sessions[part.name], feeds[part.name]))
+            elif slot == len(parts):
+                whole_t.append(_timed(whole, inputs))
+            else:
+                timed_run(profiled, inputs, calibrating)
     calibrating.trace = json.loads(Path(profiled.end_profiling()).read_text())
     alongside = profile_from(model, graph, calibrating, threads, _WARMUP)
     return {'threads': threads, 'parts': [p.name for p in parts], 'whole': whole_t, 'part': part_t,
