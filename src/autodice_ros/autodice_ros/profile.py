@@ -50,7 +50,7 @@ _FUSABLE = frozenset({'BatchNormalization', 'Relu', 'Clip', 'LeakyRelu', 'Sigmoi
                       'Add', 'Sum', 'Mul'})
 _FUSION_ROOTS = frozenset({'Conv', 'ConvTranspose', 'Gemm', 'MatMul'})
 # Weighted log error per e-fold the byte rate strays from the built-in one (see fit_calibration).
-_PRIOR_WEIGHT = 0.01
+_PRIOR_WEIGHT = 0.002
 # A kernel's fixed cost is microseconds; a larger fitted value means too few kernels to tell.
 _MAX_OVERHEAD_S = 30e-6
 # Ops ONNX Runtime removes from the graph.
@@ -99,10 +99,10 @@ class Calibration:
 # the machine autodice was developed on (AMD EPYC, 2 cores, ONNX Runtime 1.32, 1 thread). Only
 # the ratios between ops carry over to another machine; profile there for its rates.
 DEFAULT_CALIBRATION = Calibration(
-    flops_per_s=67.8e9, bytes_per_s=10.7e9, overhead_s=35e-6, run_overhead_s=200e-6,
-    op_factor={'Add': 0.83, 'AveragePool': 1.09, 'BatchNormalization': 0.71, 'Concat': 0.68,
-               'GlobalAveragePool': 0.92, 'LRN': 46.3, 'MaxPool': 1.44, 'Mul': 0.69, 'Relu': 0.31,
-               'Reshape': 0.40, 'Softmax': 1.39, 'Transpose': 0.45},
+    flops_per_s=67.8e9, bytes_per_s=8.74e9, overhead_s=35e-6, run_overhead_s=150e-6,
+    op_factor={'Add': 0.67, 'AveragePool': 0.96, 'BatchNormalization': 0.63, 'Concat': 0.64,
+               'GlobalAveragePool': 0.88, 'LRN': 42.3, 'MaxPool': 1.0, 'Mul': 0.62, 'Relu': 0.22,
+               'Reshape': 0.31, 'Softmax': 1.24, 'Transpose': 0.46},
     threads=1, source='built-in (9 zoo CNNs, AMD EPYC, ORT 1.32, 1 thread)')
 
 
