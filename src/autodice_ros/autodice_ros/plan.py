@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, cast
 
 from autodice_ros.environment import MALLOC_TUNABLES, PROFILE_VAR, profile_path
 from autodice_ros.errors import BundleError
@@ -48,7 +49,8 @@ class NodeSpec:
         return args
 
 
-def _opt(default: ParamValue, help_text: str) -> ParamValue:
+def _opt(default: ParamValue, help_text: str) -> Any:
+    """A plan option: its default and the help text both the launch file and the CLI show."""
     return field(default=default, metadata={'help': help_text})
 
 
@@ -73,7 +75,8 @@ class PlanOptions:
 def option_fields() -> list[tuple[str, type, ParamValue, str]]:
     """(name, type, default, help) of every plan option: launch arguments and CLI flags."""
     kinds = {'str': str, 'float': float, 'int': int, 'bool': bool}
-    return [(f.name, kinds[str(f.type)], f.default, f.metadata['help']) for f in fields(PlanOptions)]
+    return [(f.name, kinds[str(f.type)], cast(ParamValue, f.default), f.metadata['help'])
+            for f in fields(PlanOptions)]
 
 
 def parse_bool(text: str) -> bool:
