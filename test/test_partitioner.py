@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,6 @@ from onnx import TensorProto, helper, numpy_helper
 from autodice_ros.cli import main as autodice
 from autodice_ros.errors import MappingError
 from autodice_ros.graph.model import analyze
-from autodice_ros.graph.zoo import materialize
 from autodice_ros.mapping import load_mapping
 from autodice_ros.partitioner import Chain, Tensor, chain_from_graph, plan, plan_mapping, solve
 from autodice_ros.verify import verify_bundle
@@ -158,11 +158,9 @@ def test_plan_mapping_is_a_valid_k_stage_pipeline() -> None:
     assert [n for p in mapping.partitions for n in p.nodes] == graph.ids
 
 
-@pytest.fixture(scope='module')
-def squeezenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp('zoo') / 'squeezenet.onnx'
-    materialize('squeezenet').write(path)
-    return path
+@pytest.fixture
+def squeezenet(zoo_model: Callable[[str], Path]) -> Path:
+    return zoo_model('squeezenet')
 
 
 def test_plan_cli_writes_both_formats_that_split_and_verify(squeezenet: Path, tmp_path: Path,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,6 @@ from onnx import TensorProto, helper, numpy_helper
 from autodice_ros.cli import main as autodice
 from autodice_ros.errors import MappingError
 from autodice_ros.graph.model import analyze
-from autodice_ros.graph.zoo import materialize
 from autodice_ros.partitioner import plan
 from autodice_ros.profile import (
     ProfileError,
@@ -24,11 +24,9 @@ from autodice_ros.profile import (
 )
 
 
-@pytest.fixture(scope='module')
-def squeezenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp('zoo') / 'squeezenet.onnx'
-    materialize('squeezenet').write(path)
-    return path
+@pytest.fixture
+def squeezenet(zoo_model: Callable[[str], Path]) -> Path:
+    return zoo_model('squeezenet')
 
 
 def _unnamed_residual(path: Path) -> Path:

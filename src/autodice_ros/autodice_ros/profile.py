@@ -18,7 +18,6 @@ Two things ONNX Runtime does to the graph shape how the trace maps back:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ from autodice_ros.errors import AutodiceError
 from autodice_ros.graph.cost import NodeCost, node_costs
 from autodice_ros.graph.model import ModelGraph, analyze, load_model
 from autodice_ros.graph.weights import read_lean
+from autodice_ros.manifest import sha256_file
 
 PROFILE_VERSION = 1
 _KERNEL_SUFFIX = '_kernel_time'
@@ -300,14 +300,6 @@ def profile_from_json(data: Any, path: str) -> Profile:
         raise ProfileError(f'{path}: malformed profile: {exc}') from exc
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        for block in iter(lambda: stream.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _machine() -> dict[str, str]:
     import onnxruntime as ort
     cpu = platform.processor() or platform.machine()
@@ -514,7 +506,7 @@ def profile_from(path: Path, graph: ModelGraph, measured: Measured, threads: int
                       root=graph.ids[r])
              for c, s, p, f, r in zip(costs, seconds, predicted, fused, roots, strict=True) if not c.constant]
     return Profile(
-        model=str(path), sha256=file_sha256(path), threads=threads, runs=len(measured.wall_s) - warmup,
+        model=str(path), sha256=sha256_file(path), threads=threads, runs=len(measured.wall_s) - warmup,
         run_s=run_s, kernels_s=kernels_s, weight_bytes=sum(c.param_bytes for c in costs),
         activation_peak_bytes=arena_peak, session_rss_bytes=measured.peak_rss - measured.rss_before,
         peak_rss_bytes=measured.peak_rss, calibration=calibration, nodes=nodes, machine=_machine())
