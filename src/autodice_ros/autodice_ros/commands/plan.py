@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
           f'(~{1 / result.bottleneck_s:.1f} frames/s), cost: {result.cost_source}')
     for s in result.stages:
         print(f'  {s.key:<14} {s.first} .. {s.last} ({len(s.nodes)} nodes): {s.time_s * 1e3:8.1f} ms '
-              f'(compute {s.compute_s * 1e3:.1f} + transfer {s.transfer_s * 1e3:.1f}), memory '
+              f'(compute {s.compute_s * 1e3:.1f} + cut {s.boundary_s * 1e3:.1f} + transfer '
+              f'{s.transfer_s * 1e3:.1f}), memory '
               f'{s.memory_bytes / 1e6:7.1f} MB (weights {s.weight_bytes / 1e6:.1f} + activations '
               f'{s.activation_bytes / 1e6:.1f}), receives {len(s.inputs)} tensor(s) '
               f'{s.input_bytes / 1e6:.2f} MB')
