@@ -392,7 +392,8 @@ def plan_yaml(result: Plan, mapping: Mapping, model: str) -> str:
     notes = {s.name: (f'# {s.name}: predicted {s.time_s * 1e3:.2f} ms (compute {s.compute_s * 1e3:.2f} + cut '
                       f'{s.boundary_s * 1e3:.2f} + transfer {s.transfer_s * 1e3:.2f}); memory '
                       f'{s.memory_bytes / 1e6:.1f} MB (weights {s.weight_bytes / 1e6:.1f} + activations '
-                      f'{s.activation_bytes / 1e6:.1f}); receives {len(s.inputs)} tensor(s), {s.input_bytes / 1e6:.3f} MB: {", ".join(s.inputs)}')
+                      f'{s.activation_bytes / 1e6:.1f}); receives {len(s.inputs)} tensor(s), '
+                      f'{s.input_bytes / 1e6:.3f} MB: {", ".join(s.inputs)}')
              for s in result.stages}
     for line in to_yaml(mapping).splitlines():
         if line.startswith('- name: ') and line[len('- name: '):].strip() in notes:
