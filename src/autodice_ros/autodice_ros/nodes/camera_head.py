@@ -19,6 +19,7 @@ from autodice_ros.errors import AutodiceError, ImageError
 from autodice_ros.manifest import IMAGE_TOPIC, INPUT_TOPIC, load_bundle
 from autodice_ros.nodes.common import Diagnostics, Stats, declare, declare_qos, spin_node
 from autodice_ros.preprocess import RawImage, image_to_tensor
+from autodice_ros.rosutil import stamp_ns
 
 
 class CameraHead(Node):
@@ -54,6 +55,7 @@ class CameraHead(Node):
         self.stats.time('preprocess', (time.perf_counter() - start) * 1e3)
         if self._publisher.publish(msg.header, self._next_frame, {self._input.name: tensor}):
             self.stats.frames_out += 1
+            self.stats.time('age_out', (time.time_ns() - stamp_ns(msg.header)) / 1e6)
         else:
             self.stats.drops['publish_failed'] += 1
         self._next_frame += 1

@@ -4,6 +4,9 @@ configure: read the manifest, check the sub-model's sha256, open an ONNX Runtime
 activate: subscribe to one ``TensorList`` topic per producing partition, publish on its own.
 Each frame's inputs are joined by image stamp + frame number, run, and published with the same
 header. Bad messages are logged (naming topic and field), dropped and counted; the node stays up.
+The diagnostics report a frame's age (wall clock minus image stamp) when its inputs are complete
+(``age_in``) and once its outputs are published (``age_out``): a hop's latency is the next node's
+``age_in`` minus this one's ``age_out``.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from autodice_ros.inference import create_session, pin_cores, run_session
 from autodice_ros.join import FrameJoiner
 from autodice_ros.manifest import Bundle, Partition, check_partition_file, load_bundle
 from autodice_ros.nodes.common import Diagnostics, Stats, declare, declare_qos, spin_node
+from autodice_ros.rosutil import stamp_ns
 
 
 class StageNode(LifecycleNode):
@@ -109,6 +113,7 @@ class StageNode(LifecycleNode):
         joined = self._joiner.add(topic, frame)
         if joined is None:
             return
+        self.stats.time('age_in', (time.time_ns() - stamp_ns(joined.header)) / 1e6)
         start = time.perf_counter()
         try:
             outputs = run_session(self._session, joined.tensors)
@@ -119,6 +124,7 @@ class StageNode(LifecycleNode):
         self.stats.time('inference', (time.perf_counter() - start) * 1e3)
         if self._publisher.publish(joined.header, joined.frame, outputs):
             self.stats.frames_out += 1
+            self.stats.time('age_out', (time.time_ns() - stamp_ns(joined.header)) / 1e6)
         else:
             self.stats.drops['publish_failed'] += 1
 
