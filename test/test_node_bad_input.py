@@ -63,7 +63,8 @@ def test_stage_drops_bad_tensor_lists_and_keeps_working(bundle: Path) -> None:
         'wrong dtype': {entry.name: first.astype(np.float64), **rest},
     }
     with ros_node('bad_tensor_driver') as node, Runner([spec]) as runner:
-        pub = TensorPublisher(node, f'{NS}/{entry.topic}', qos_profile())
+        # TensorList messages (corrupt ones too): a publisher without the same-board fast path
+        pub = TensorPublisher(node, f'{NS}/{entry.topic}', qos_profile(), fast_path=False)
         outputs: list[Any] = []
         TensorSubscriber(node, f'{NS}/{second.topic}', qos_profile(), None,
                          lambda _t, f: outputs.append(f), lambda _t, e: None)

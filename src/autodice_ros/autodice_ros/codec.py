@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import array
 import math
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from autodice_ros.errors import TensorError
+from autodice_ros import fastpath
+from autodice_ros.errors import FrameDroppedError, TensorError
 
 if TYPE_CHECKING:
     from rclpy.node import Node
@@ -86,29 +88,39 @@ def encode_tensor(name: str, value: np.ndarray[Any, Any] | Any) -> Any:
     return msg
 
 
-def decode_tensor(msg: Any, expect: TensorSpec | None = None,
-                  where: str = '') -> np.ndarray[Any, Any]:
-    """A read-only view of ``msg.data``; raises :class:`TensorError` naming the bad field."""
-    label = f'{where}tensor {msg.name!r}'
-    dtype = CODE_DTYPES.get(msg.dtype)
+def check_tensor(label: str, name: str, code: int, dims: Sequence[int], nbytes: int | None,
+                 expect: TensorSpec | None) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    """Validate one tensor's metadata (and byte count, when known); returns its dtype and shape."""
+    dtype = CODE_DTYPES.get(code)
     if dtype is None:
-        raise TensorError(f'{label}: field dtype: unknown code {msg.dtype}')
-    shape = tuple(int(d) for d in msg.shape)
+        raise TensorError(f'{label}: field dtype: unknown code {code}')
+    shape = tuple(int(d) for d in dims)
     if len(shape) > MAX_RANK:
         raise TensorError(f'{label}: field shape: rank {len(shape)} exceeds {MAX_RANK}')
     expected_bytes = math.prod(shape) * dtype.itemsize
-    if expected_bytes != len(msg.data):
-        raise TensorError(f'{label}: field data: {len(msg.data)} bytes, but shape {list(shape)} '
+    if nbytes is not None and expected_bytes != nbytes:
+        raise TensorError(f'{label}: field data: {nbytes} bytes, but shape {list(shape)} '
                           f'of {dtype.name} needs {expected_bytes}')
     if expect is not None:
-        if msg.name != expect.name:
+        if name != expect.name:
             raise TensorError(f'{label}: field name: expected {expect.name!r}')
         if dtype.name != np.dtype(expect.dtype).name:
             raise TensorError(f'{label}: field dtype: {dtype.name}, expected {expect.dtype}')
         if shape != tuple(expect.shape):
             raise TensorError(f'{label}: field shape: {list(shape)}, expected {list(expect.shape)}')
-    view = np.frombuffer(msg.data, dtype=dtype, count=math.prod(shape)).reshape(shape)
-    return view if _LITTLE_ENDIAN_HOST else view.astype(dtype.newbyteorder('='))
+    return dtype, shape
+
+
+def _native(view: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return view if _LITTLE_ENDIAN_HOST else view.astype(view.dtype.newbyteorder('='))
+
+
+def decode_tensor(msg: Any, expect: TensorSpec | None = None,
+                  where: str = '') -> np.ndarray[Any, Any]:
+    """A read-only view of ``msg.data``; raises :class:`TensorError` naming the bad field."""
+    label = f'{where}tensor {msg.name!r}'
+    dtype, shape = check_tensor(label, msg.name, msg.dtype, msg.shape, len(msg.data), expect)
+    return _native(np.frombuffer(msg.data, dtype=dtype, count=math.prod(shape)).reshape(shape))
 
 
 # -- one frame's tensors -----------------------------------------------------------------------
@@ -141,26 +153,65 @@ def encode_list(header: Any, frame: int, tensors: Mapping[str, Any]) -> Any:
     return msg
 
 
+def _select(items: Sequence[Any], expect: Sequence[TensorSpec] | None,
+            where: str) -> list[tuple[Any, TensorSpec | None]]:
+    """Pair each item (anything with ``.name``) with its expectation; with ``expect``, exactly
+    those (others are skipped), each present once."""
+    by_name: dict[str, Any] = {}
+    for item in items:
+        if item.name in by_name:
+            raise TensorError(f'{where}tensor {item.name!r}: field name: appears twice in one TensorList')
+        by_name[item.name] = item
+    if expect is None:
+        return [(item, None) for item in by_name.values()]
+    missing = [spec.name for spec in expect if spec.name not in by_name]
+    if missing:
+        raise TensorError(f'{where}tensor {missing[0]!r}: missing from the TensorList '
+                          f'(it holds: {", ".join(by_name) or "nothing"})')
+    return [(by_name[spec.name], spec) for spec in expect]
+
+
 def decode_list(msg: Any, expect: Sequence[TensorSpec] | None = None, where: str = '') -> Frame:
     """Decode a ``TensorList``; with ``expect``, exactly those tensors (others on the topic are skipped).
 
     Each expected tensor must appear once; all are validated before any is returned.
     """
-    by_name: dict[str, Any] = {}
-    for tensor in msg.tensors:
-        if tensor.name in by_name:
-            raise TensorError(f'{where}tensor {tensor.name!r}: field name: appears twice in one TensorList')
-        by_name[tensor.name] = tensor
-    if expect is None:
-        arrays = {name: decode_tensor(t, None, where) for name, t in by_name.items()}
-    else:
-        arrays = {}
-        for spec in expect:
-            if spec.name not in by_name:
-                raise TensorError(f'{where}tensor {spec.name!r}: missing from the TensorList '
-                                  f'(it holds: {", ".join(by_name) or "nothing"})')
-            arrays[spec.name] = decode_tensor(by_name[spec.name], spec, where)
+    arrays = {t.name: decode_tensor(t, spec, where) for t, spec in _select(msg.tensors, expect, where)}
     return Frame(msg.header, int(msg.frame), arrays)
+
+
+def decode_ref(msg: Any, data: np.ndarray[Any, Any], expect: Sequence[TensorSpec] | None = None,
+               where: str = '') -> Frame:
+    """A ``TensorListRef``'s tensors as views of ``data`` (a leased slot), validated like
+    :func:`decode_list`, plus: every tensor lies inside the slot."""
+    arrays = {}
+    for ref, spec in _select(msg.tensors, expect, where):
+        label = f'{where}tensor {ref.name!r}'
+        dtype, shape = check_tensor(label, ref.name, ref.dtype, ref.shape, None, spec)
+        start, nbytes = int(ref.offset), math.prod(shape) * dtype.itemsize
+        if start + nbytes > data.size or start % dtype.itemsize:
+            raise TensorError(f'{label}: field offset: {nbytes} bytes at {start} do not fit the '
+                              f'{data.size}-byte slot {msg.segment} (or are misaligned)')
+        arrays[ref.name] = _native(data[start:start + nbytes].view(dtype).reshape(shape))
+    return Frame(msg.header, int(msg.frame), arrays)
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+    value: np.ndarray[Any, Any]
+
+
+def select_arrays(tensors: Mapping[str, np.ndarray[Any, Any]], expect: Sequence[TensorSpec] | None = None,
+                  where: str = '') -> dict[str, np.ndarray[Any, Any]]:
+    """In-process arrays checked like :func:`decode_list` checks a message (no copy)."""
+    items = [_Named(name, value) for name, value in tensors.items()]
+    out = {}
+    for item, spec in _select(items, expect, where):
+        check_tensor(f'{where}tensor {item.name!r}', item.name, dtype_code(item.value.dtype),
+                     item.value.shape, None, spec)
+        out[item.name] = item.value
+    return out
 
 
 # -- transport: the one way nodes send and receive tensors --------------------------------------
@@ -181,64 +232,372 @@ def qos_profile(reliability: str = 'reliable', depth: int = 10, durability: str 
                       reliability=rel[reliability], durability=dur[durability])
 
 
-class TensorPublisher:
-    """Publishes one frame's tensors on a topic; counts publish failures instead of raising."""
+FAST_PATH_PARAM = 'fast_path'
+SLOTS_PARAM = 'fast_path_slots'
 
-    def __init__(self, node: Node, topic: str, qos: QoSProfile) -> None:
-        from autodice_msgs.msg import TensorList
+
+def fast_path_settings(node: Node, depth: int) -> tuple[bool, int]:
+    """The node's fast-path parameters (declared on first use, read-only): on/off and ring size."""
+    from autodice_ros.nodes.common import declare
+
+    def get(name: str, default: Any, description: str) -> Any:
+        if node.has_parameter(name):
+            return node.get_parameter(name).value
+        return declare(node, name, default, description)
+
+    enabled = get(FAST_PATH_PARAM, True,
+                  'same-host tensors through shared memory (a descriptor over DDS) and in-process '
+                  'hand-off; false: every tensor as a TensorList over DDS')
+    slots = get(SLOTS_PARAM, 0, 'shared-memory slots per published topic (0: QoS depth + 2, so a '
+                'reader lagging a full queue behind still finds its frames)')
+    return bool(enabled) and fastpath.available(), int(slots) or depth + 2
+
+
+def _read_only(value: Any) -> np.ndarray[Any, Any]:
+    view = np.asarray(value).view()
+    dtype_code(view.dtype)
+    view.flags.writeable = False
+    return view
+
+
+class TensorPublisher:
+    """Publishes one frame's tensors on a topic, on each path that has readers; counts failures.
+
+    In-process subscribers get the arrays themselves (no copy; publishers must not modify an array
+    after publishing it). Subscribers on this host get a ``TensorListRef`` on ``<topic>/_shm``
+    naming a shared-memory slot the frame was copied into (one copy). Everyone else -- another
+    board, ``ros2 topic echo``, a bag recorder, a node with the fast path off -- subscribes to
+    ``<topic>`` and gets the ordinary ``TensorList``. With the node parameter ``fast_path`` false
+    (or ``fast_path=False`` here) only that last path exists.
+    """
+
+    def __init__(self, node: Node, topic: str, qos: QoSProfile, fast_path: bool | None = None) -> None:
+        from autodice_msgs.msg import TensorList, TensorListRef
 
         self.topic = topic
         self.failures = 0
-        self._publisher = node.create_publisher(TensorList, topic, qos)
+        self.sent: Counter[str] = Counter()       # frames by path: 'payload', 'shm', 'local'
+        self._node = node
+        self._resolved = node.resolve_topic_name(topic)
+        enabled, slots = fast_path_settings(node, qos.depth)
+        self._fast = enabled if fast_path is None else fast_path and enabled
+        self._ring: fastpath.SlotRing | None = None
+        self._refs: Any = None
+        if self._fast:
+            fastpath.reap()
+            # the descriptor topic first: subscribers take a payload-only topic for a plain publisher
+            self._refs = node.create_publisher(TensorListRef, fastpath.side_topics(self._resolved)[0], qos)
+            self._ring = fastpath.SlotRing(slots)
+        self._publisher = node.create_publisher(TensorList, self._resolved, qos)
+        if self._fast:
+            fastpath.LOCAL_BUS.add_publisher(self._resolved, self)
 
     @property
     def resolved_topic(self) -> str:
-        return str(self._publisher.topic_name)
+        return self._resolved
 
-    def get_subscription_count(self) -> int:
-        return int(self._publisher.get_subscription_count())
+    def alive(self) -> bool:
+        """False once its node is destroyed (whether or not :meth:`destroy` was called)."""
+        from rclpy._rclpy_pybind11 import InvalidHandle
 
-    def publish(self, header: Any, frame: int, tensors: Mapping[str, Any]) -> bool:
-        from rclpy._rclpy_pybind11 import RCLError
-
-        msg = encode_list(header, frame, tensors)
         try:
-            self._publisher.publish(msg)
-        except RCLError:   # reliable floods can fail a publish: count it, keep going
-            self.failures += 1
+            self._publisher.get_subscription_count()
+        except InvalidHandle:
             return False
         return True
 
+    def get_subscription_count(self) -> int:
+        """Subscribers on every path (payload, shared memory, in-process)."""
+        count = int(self._publisher.get_subscription_count())
+        if self._refs is not None:
+            count += int(self._refs.get_subscription_count())
+        if self._fast:
+            count += len(fastpath.LOCAL_BUS.subscribers(self._resolved))
+        return count
+
+    def publish(self, header: Any, frame: int, tensors: Mapping[str, Any]) -> bool:
+        """Send one frame on each path with readers; False (and counted) if any path failed."""
+        from rclpy._rclpy_pybind11 import InvalidHandle
+
+        ok = True
+        if self._fast:
+            local = fastpath.LOCAL_BUS.subscribers(self._resolved)
+            if local:
+                shared = Frame(header, int(frame), {k: _read_only(v) for k, v in tensors.items()})
+                for subscriber in local:
+                    try:
+                        subscriber.deliver_local(shared)
+                    except InvalidHandle:      # its node was destroyed without destroy()
+                        fastpath.LOCAL_BUS.remove_subscriber(self._resolved, subscriber)
+                self.sent['local'] += 1
+        if self._publisher.get_subscription_count() > 0:
+            ok = self._send(self._publisher, encode_list(header, frame, tensors), 'payload') and ok
+        if self._refs is not None and self._refs.get_subscription_count() > 0:
+            ok = self._publish_ref(header, frame, tensors) and ok
+        return ok
+
+    def _send(self, publisher: Any, msg: Any, path: str) -> bool:
+        from rclpy._rclpy_pybind11 import RCLError
+
+        try:
+            publisher.publish(msg)
+        except RCLError:   # reliable floods can fail a publish: count it, keep going
+            self.failures += 1
+            return False
+        self.sent[path] += 1
+        return True
+
+    def _publish_ref(self, header: Any, frame: int, tensors: Mapping[str, Any]) -> bool:
+        from autodice_msgs.msg import TensorListRef, TensorRef
+
+        assert self._ring is not None
+        arrays = [(name, np.asarray(value)) for name, value in tensors.items()]
+        for name, arr in arrays:
+            dtype_code(arr.dtype)
+            if arr.ndim > MAX_RANK:
+                raise TensorError(f'tensor {name!r}: rank {arr.ndim} exceeds {MAX_RANK}')
+        try:
+            written = self._ring.write(arrays)
+        except OSError as exc:     # /dev/shm full or gone: this publisher carries on without it
+            self._node.get_logger().error(f'topic {self._resolved!r}: shared memory failed ({exc}); '
+                                          'publishing every frame as a TensorList from now on')
+            self._stop_fast_path()
+            self.failures += 1
+            return False
+        if written is None:        # every slot is still held by a reader
+            self.failures += 1
+            return False
+        msg = TensorListRef()
+        msg.header = header
+        msg.frame = int(frame)
+        msg.host = fastpath.host_identity()
+        msg.segment = written.segment
+        msg.sequence = written.sequence
+        refs = []
+        for place in written.placements:
+            ref = TensorRef()
+            ref.name = place.name
+            ref.dtype = DTYPE_CODES[place.dtype.name]
+            ref.shape = array.array('I', place.shape)
+            ref.offset = place.offset
+            refs.append(ref)
+        msg.tensors = refs
+        return self._send(self._refs, msg, 'shm')
+
+    def _stop_fast_path(self) -> None:
+        if self._refs is not None:
+            self._node.destroy_publisher(self._refs)
+            self._refs = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+
     def destroy(self, node: Node) -> None:
+        if self._fast:
+            fastpath.LOCAL_BUS.remove_publisher(self._resolved, self)
+        self._stop_fast_path()
         node.destroy_publisher(self._publisher)
 
 
 class TensorSubscriber:
-    """Receives ``TensorList`` messages and hands validated :class:`Frame` objects on.
+    """Receives a topic's frames on whichever path reaches this process; hands on validated
+    :class:`Frame` objects.
 
-    A message that fails validation goes to ``on_error`` (log it, count it) and is dropped;
-    the callback never sees it.
+    Paths, chosen without the caller's help: from a publisher in this process, its arrays
+    (``<topic>/_local`` announces this subscriber in the ROS graph); from publishers on this host,
+    descriptors on ``<topic>/_shm`` and the tensors as views of leased shared-memory slots; and
+    the ordinary ``TensorList`` on ``<topic>`` once a descriptor comes from another host, a slot
+    cannot be mapped, a publisher of the topic offers no fast path, or the fast path is off here.
+
+    A message that fails validation, or a frame whose slot was rewritten before it could be read,
+    goes to ``on_error`` (log it, count it) and is dropped; the callback never sees it. The arrays
+    of a shared-memory frame are read-only and keep their slot leased (the publisher skips it)
+    while they are alive.
     """
+
+    GRAPH_PERIOD = 0.5     # seconds between checks for publishers without a fast path
 
     def __init__(self, node: Node, topic: str, qos: QoSProfile,
                  expect: Sequence[TensorSpec] | None,
                  on_frame: Callable[[str, Frame], None],
-                 on_error: Callable[[str, TensorError], None]) -> None:
-        from autodice_msgs.msg import TensorList
-
+                 on_error: Callable[[str, TensorError], None], fast_path: bool | None = None) -> None:
         self.topic = topic
+        self.received: Counter[str] = Counter()   # frames delivered, by path
+        self.drops: Counter[str] = Counter()      # frames announced but not delivered, by reason
+        self._node = node
+        self._qos = qos
         self._expect = list(expect) if expect is not None else None
         self._on_frame = on_frame
         self._on_error = on_error
-        self._subscription = node.create_subscription(TensorList, topic, self._receive, qos)
+        self._where = f'topic {topic!r}: '
+        self._resolved = node.resolve_topic_name(topic)
+        self._shm_topic, self._local_topic = fastpath.side_topics(self._resolved)
+        self._payload_sub: Any = None
+        self._ref_sub: Any = None
+        self._local_sub: Any = None
+        self._plain_seen = 0
+        self._recent: OrderedDict[FrameKey, str] = OrderedDict()
+        self._queue: deque[Frame] = deque()
+        enabled, _ = fast_path_settings(node, qos.depth)
+        self._fast = enabled if fast_path is None else fast_path and enabled
+        self._reader = fastpath.SlotReader() if self._fast else None
+        self._guard: Any = None
+        self._timer: Any = None
+        if not self._fast:
+            self._subscribe_payload()
+            return
+        fastpath.reap()
+        self._guard = node.create_guard_condition(self._drain_local)
+        self._timer = node.create_timer(self.GRAPH_PERIOD, self._check_graph)
+        if fastpath.LOCAL_BUS.add_subscriber(self._resolved, self):
+            self.local_publishers_changed(True)
+        else:
+            self._subscribe_refs()
 
-    def _receive(self, msg: Any) -> None:
+    @property
+    def path(self) -> str:
+        """What this subscriber listens to now: 'local', 'shm', 'payload' or 'shm+payload'."""
+        if self._local_sub is not None:
+            return 'local'
+        return '+'.join(p for p, sub in (('shm', self._ref_sub), ('payload', self._payload_sub)) if sub)
+
+    # -- subscriptions --------------------------------------------------------------------------
+
+    def _subscribe_payload(self) -> None:
+        from autodice_msgs.msg import TensorList
+
+        if self._payload_sub is None:
+            self._payload_sub = self._node.create_subscription(TensorList, self._resolved,
+                                                               self._receive_payload, self._qos)
+
+    def _subscribe_refs(self) -> None:
+        from rclpy.event_handler import SubscriptionEventCallbacks
+
+        from autodice_msgs.msg import TensorListRef
+
+        if self._ref_sub is None:
+            events = SubscriptionEventCallbacks(matched=self._on_matched)
+            self._ref_sub = self._node.create_subscription(TensorListRef, self._shm_topic, self._receive_ref,
+                                                           self._qos, event_callbacks=events)
+
+    def _unsubscribe(self, *names: str) -> None:
+        for name in names:
+            sub = getattr(self, name)
+            if sub is not None:
+                self._node.destroy_subscription(sub)
+                setattr(self, name, None)
+
+    def local_publishers_changed(self, present: bool) -> None:
+        """The local bus: a publisher of this topic appeared in (or the last one left) this process."""
+        from autodice_msgs.msg import TensorListRef
+
+        if present:
+            self._unsubscribe('_payload_sub', '_ref_sub')
+            if self._local_sub is None:    # never published on: it only shows this reader in the graph
+                self._local_sub = self._node.create_subscription(TensorListRef, self._local_topic,
+                                                                 lambda _msg: None, self._qos)
+        else:
+            self._unsubscribe('_local_sub')
+            self._subscribe_refs()
+
+    def _fall_back(self, reason: str) -> None:
+        """Take the TensorList topic from now on (the descriptor topic goes once it is matched)."""
+        if self._payload_sub is None:
+            self._node.get_logger().info(f'{self._where}receiving TensorList messages: {reason}')
+            self._subscribe_payload()
+
+    def _check_graph(self) -> None:
+        node = self._node
+        if self._local_sub is not None:
+            return
+        if self._payload_sub is None:
+            plain = node.count_publishers(self._resolved) - node.count_publishers(self._shm_topic)
+            self._plain_seen = self._plain_seen + 1 if plain > 0 else 0
+            if self._plain_seen >= 2:      # twice: a fast publisher announces its two topics one by one
+                self._fall_back('a publisher of the topic has no shared-memory path')
+        elif (self._ref_sub is not None
+              and self._payload_sub.get_publisher_count() >= node.count_publishers(self._resolved)):
+            self._unsubscribe('_ref_sub')
+
+    def _on_matched(self, info: Any) -> None:
+        if info.current_count_change < 0 and self._reader is not None:   # a publisher left: crashed?
+            fastpath.reap()
+            self._reader.forget_dead()
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def _receive_payload(self, msg: Any) -> None:
         try:
-            frame = decode_list(msg, self._expect, where=f'topic {self.topic!r}: ')
+            frame = decode_list(msg, self._expect, where=self._where)
         except TensorError as exc:
             self._on_error(self.topic, exc)
             return
+        self._deliver('payload', frame)
+
+    def _receive_ref(self, msg: Any) -> None:
+        assert self._reader is not None
+        if msg.host != fastpath.host_identity():
+            self._fall_back(f'a publisher is on another host ({msg.host})')
+            return
+        try:
+            data = self._reader.lease(msg.segment, msg.sequence)
+        except fastpath.SlotUnavailableError as exc:
+            self._fall_back(str(exc))
+            return
+        except fastpath.SlotOverwrittenError as exc:
+            self.drops['overwritten'] += 1
+            self._on_error(self.topic, FrameDroppedError(
+                f'{self._where}frame {msg.frame} dropped: its shared-memory slot was rewritten '
+                f'before it was read ({exc})'))
+            return
+        try:
+            frame = decode_ref(msg, data, self._expect, where=self._where)
+        except TensorError as exc:
+            self._on_error(self.topic, exc)
+            return
+        self._deliver('shm', frame)
+
+    def deliver_local(self, frame: Frame) -> None:
+        """Called by a publisher of this process (in its thread); the executor delivers it."""
+        if self._guard is None:
+            return
+        if len(self._queue) >= self._qos.depth:     # KEEP_LAST, like the DDS history
+            self._queue.popleft()
+            self.drops['overflow'] += 1
+        self._queue.append(frame)
+        self._guard.trigger()
+
+    def _drain_local(self) -> None:
+        while self._queue:
+            shared = self._queue.popleft()
+            try:
+                arrays = select_arrays(shared.tensors, self._expect, self._where)
+            except TensorError as exc:
+                self._on_error(self.topic, exc)
+                continue
+            self._deliver('local', Frame(shared.header, shared.frame, arrays))
+
+    def _deliver(self, path: str, frame: Frame) -> None:
+        if self._payload_sub is not None and self._ref_sub is not None:   # switching: each frame once
+            seen = self._recent.get(frame.key)
+            if seen is not None and seen != path:
+                return
+            self._recent[frame.key] = path
+            while len(self._recent) > 64:
+                self._recent.popitem(last=False)
+        self.received[path] += 1
         self._on_frame(self.topic, frame)
 
     def destroy(self, node: Node) -> None:
-        node.destroy_subscription(self._subscription)
+        self._unsubscribe('_payload_sub', '_ref_sub', '_local_sub')
+        if self._fast:
+            fastpath.LOCAL_BUS.remove_subscriber(self._resolved, self)
+        if self._timer is not None:
+            node.destroy_timer(self._timer)
+            self._timer = None
+        if self._guard is not None:
+            node.destroy_guard_condition(self._guard)
+            self._guard = None
+        self._queue.clear()
+        if self._reader is not None:
+            self._reader.close()

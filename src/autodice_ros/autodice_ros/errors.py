@@ -35,3 +35,7 @@ class ImageError(AutodiceError):
 
 class BoardsError(AutodiceError):
     """Board emulation (network namespaces, cgroups) cannot be set up."""
+
+
+class FrameDroppedError(TensorError):
+    """A frame was announced but is gone before it could be read (its shared-memory slot was reused)."""

@@ -5,6 +5,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from autodice_ros.fastpath import subscriber_count
+
 
 def now_header(frame_id: str = '') -> Any:
     """A std_msgs/Header stamped with the wall clock now (what a camera driver would do)."""
@@ -39,9 +41,12 @@ def wait_for_subscribers(node: Any, publishers: Sequence[Any], timeout: float, c
 
 
 def links_connected(node: Any, links: Mapping[str, int], namespace: str) -> bool:
-    """Every pipeline topic has a publisher and its expected number of subscribers (graph view)."""
+    """Every pipeline topic has a publisher and its expected number of subscribers (graph view).
+
+    A subscriber counts on whichever path it listens (TensorList, shared memory, in-process).
+    """
     for topic, readers in links.items():
         name = f'{namespace.rstrip("/")}/{topic}'
-        if node.count_publishers(name) < 1 or node.count_subscribers(name) < readers:
+        if node.count_publishers(name) < 1 or subscriber_count(node.count_subscribers, name) < readers:
             return False
     return True
