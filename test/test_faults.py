@@ -61,9 +61,9 @@ def test_killed_middle_stage_is_restarted_and_outputs_never_mix_frames(
     assert len(got.outputs) >= len(images) - 25, f'{len(lost)} frames lost'
     assert sent[-1] in got.outputs                    # the pipeline is back by the end
     assert after, 'no output after the restart'
-    resumed_s = (after[0] - restart_wall_ns) / 1e9
-    print(f'pipeline resumed {resumed_s:.2f} s after the restart; {len(lost)} frames lost')
-    assert resumed_s <= 2.0 + 1.0 / RATE_HZ
+    # how fast it resumes is a benchmark figure (autodice bench faults), not a timed assertion
+    print(f'pipeline resumed {(after[0] - restart_wall_ns) / 1e9:.2f} s after the restart; '
+          f'{len(lost)} frames lost')
     expected = whole_model(model, [got.inputs[k] for k in got.outputs])
     for key, ref in zip(got.outputs, expected, strict=True):
         for name, value in ref.items():

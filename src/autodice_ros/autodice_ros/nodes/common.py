@@ -58,6 +58,22 @@ class Stats:
         return out
 
 
+class GapCounter:
+    """Counts frames that never arrived, from gaps in the frame numbers the head gave them.
+
+    DDS drops silently (a full KEEP_LAST queue, a lost link); the numbering shows it. A number
+    lower than the last one means the head restarted: start counting afresh.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def missed(self, frame: int) -> int:
+        gap = frame - self._last - 1 if self._last is not None and frame > self._last else 0
+        self._last = frame
+        return gap
+
+
 class Diagnostics:
     """Publishes the node's :class:`Stats` (plus extra values) on /diagnostics every period."""
 

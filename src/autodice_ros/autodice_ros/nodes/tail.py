@@ -19,7 +19,7 @@ from autodice_ros.codec import Frame, TensorPublisher, TensorSubscriber
 from autodice_ros.errors import TensorError
 from autodice_ros.join import FrameJoiner
 from autodice_ros.manifest import OUTPUT_TOPIC, RESULT_TOPIC, load_bundle
-from autodice_ros.nodes.common import Diagnostics, Stats, declare, declare_qos, spin_node
+from autodice_ros.nodes.common import Diagnostics, GapCounter, Stats, declare, declare_qos, spin_node
 from autodice_ros.postprocess import top_k
 from autodice_ros.rosutil import stamp_ns
 
@@ -28,6 +28,7 @@ class Tail(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('tail', **kwargs)
         self.stats = Stats()
+        self._gaps = GapCounter()
         bundle = load_bundle(declare(self, 'bundle', '', 'deployment bundle directory'))
         period = declare(self, 'diagnostics_period', 1.0, 'seconds between /diagnostics reports')
         capacity = declare(self, 'join_capacity', 8, 'frames waiting for a missing output')
@@ -51,6 +52,7 @@ class Tail(Node):
         joined = self._joiner.add(topic, frame)
         if joined is None:
             return
+        self.stats.drops['upstream'] += self._gaps.missed(joined.frame)
         outputs = {name: joined.tensors[name] for name in self._outputs}
         self._output.publish(joined.header, joined.frame, outputs)
         latency_ns = max(0, time.time_ns() - stamp_ns(joined.header))
