@@ -22,7 +22,7 @@ from autodice_ros.errors import AutodiceError, TensorError
 from autodice_ros.inference import create_session, pin_cores, run_session
 from autodice_ros.join import FrameJoiner
 from autodice_ros.manifest import Bundle, Partition, check_partition_file, load_bundle
-from autodice_ros.nodes.common import Diagnostics, Stats, declare, declare_qos, spin_node
+from autodice_ros.nodes.common import Diagnostics, GapCounter, Stats, declare, declare_qos, spin_node
 from autodice_ros.rosutil import stamp_ns
 
 
@@ -36,6 +36,7 @@ class StageNode(LifecycleNode):
         self._joiner: FrameJoiner | None = None
         self._diagnostics: Diagnostics | None = None
         self.stats = Stats()
+        self._gaps = GapCounter()
         super().__init__('stage', **kwargs)
         self._bundle_dir = declare(self, 'bundle', '', 'deployment bundle directory (autodice split -o)')
         self._partition = declare(self, 'partition', '', 'name of the partition this node runs')
@@ -113,6 +114,7 @@ class StageNode(LifecycleNode):
         joined = self._joiner.add(topic, frame)
         if joined is None:
             return
+        self.stats.drops['upstream'] += self._gaps.missed(joined.frame)
         self.stats.time('age_in', (time.time_ns() - stamp_ns(joined.header)) / 1e6)
         start = time.perf_counter()
         try:
