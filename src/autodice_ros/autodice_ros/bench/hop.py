@@ -1,12 +1,14 @@
 """``autodice bench hop``: one-way latency of one tensor hop between two processes.
 
-For each transport set-up and payload size a publisher process sends ``count`` float32 tensors
-at 10 Hz to a subscriber process; latency runs from just before ``publish`` (the arrays already
-in hand, encoding included) to the subscriber's callback (decoding included). The same run
-measures one memcpy of the payload, so set-ups compare as ratios across machines.
+For each transport set-up and payload size a publisher sends ``count`` float32 tensors at 10 Hz
+to a subscriber; latency runs from just before ``publish`` (the arrays already in hand, encoding
+included) to the subscriber's callback (decoding included). The same run measures one memcpy of
+the payload, so set-ups compare as ratios across machines.
 
-Each set-up is a process environment (see :data:`SETUPS`); the peers are
-``python -m autodice_ros.bench.hop pub|sub``.
+A set-up (see :data:`SETUPS`) is a process environment (DDS profile, malloc tunables), whether the
+fast path is on (``fast_path`` parameter), and whether publisher and subscriber share a process.
+The peers are ``python -m autodice_ros.bench.hop pub|sub|both``; the subscriber reports which
+path each frame took, so a set-up cannot silently measure another.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,25 +40,37 @@ def shape_for(megabytes: float) -> tuple[int, ...]:
     return (1, channels, side, side)
 
 
+@dataclass(frozen=True)
+class Setup:
+    profile: str          # '' (Fast DDS defaults), 'board' or 'network': the shipped XML profiles
+    fast_path: bool       # shared memory between processes / hand-off inside one
+    in_process: bool = False
+    help: str = ''
+
+
+SETUPS: dict[str, Setup] = {
+    'default': Setup('', False, help='Fast DDS defaults, TensorList payload'),
+    'shipped': Setup('board', False, help='shipped board profile + malloc tunables, TensorList payload'),
+    'network': Setup('network', False, help='shipped network profile (LARGE_DATA), TensorList payload'),
+    'fastpath': Setup('board', True, help='shared-memory slots + descriptor over DDS, two processes'),
+    'inprocess': Setup('board', True, True, help='publisher and subscriber in one process: no copy'),
+}
+DEFAULT_SETUPS = ('default', 'shipped', 'fastpath', 'inprocess')
+
+
 def setup_env(name: str, base: Mapping[str, str]) -> dict[str, str]:
     """The process environment of a transport set-up."""
+    if name not in SETUPS:
+        raise ValueError(f'unknown hop set-up {name!r}; expected one of {", ".join(SETUPS)}')
     env = dict(base)
     for var in (PROFILE_VAR, 'FASTRTPS_DEFAULT_PROFILES_FILE', 'GLIBC_TUNABLES',
                 'FASTDDS_BUILTIN_TRANSPORTS'):
         env.pop(var, None)
-    if name == 'default':
-        return env
-    env['GLIBC_TUNABLES'] = MALLOC_TUNABLES
-    if name == 'shipped':
-        env[PROFILE_VAR] = str(profile_path('board'))
-    elif name == 'network':
-        env[PROFILE_VAR] = str(profile_path('network'))
-    else:
-        raise ValueError(f'unknown hop set-up {name!r}; expected one of {", ".join(SETUPS)}')
+    profile = SETUPS[name].profile
+    if profile:
+        env['GLIBC_TUNABLES'] = MALLOC_TUNABLES
+        env[PROFILE_VAR] = str(profile_path(profile))
     return env
-
-
-SETUPS = ('default', 'shipped', 'network')
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -74,20 +89,38 @@ def memcpy_ms(nbytes: int, repeat: int = 30) -> float:
     return statistics.median(times)
 
 
-# -- the two peers ------------------------------------------------------------------------------
+# -- the peers ----------------------------------------------------------------------------------
 
-def _publisher(sizes: Sequence[float], count: int, warmup: int) -> int:
+def _init(fast_path: bool) -> Any:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init(args=['hop', '--ros-args', '-p', f'fast_path:={str(fast_path).lower()}'])
+    return SingleThreadedExecutor()
+
+
+def _spin(executor: Any, seconds: float, done: Callable[[], bool] = lambda: False) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        executor.spin_once(timeout_sec=0.005)
+    return True
+
+
+def _send(executor: Any, sizes: Sequence[float], count: int, warmup: int) -> int:
     import rclpy
 
     from autodice_ros.codec import TensorPublisher, qos_profile
-    from autodice_ros.rosutil import now_header, spin_until, wait_for_subscribers
+    from autodice_ros.rosutil import now_header
 
-    rclpy.init()
     node = rclpy.create_node('hop_pub')
+    executor.add_node(node)
     pub = TensorPublisher(node, TOPIC, qos_profile('reliable', depth=2))
-    if not wait_for_subscribers(node, [pub], timeout=30.0):
+    if not _spin(executor, 30.0, lambda: pub.get_subscription_count() > 0):
         print('hop pub: no subscriber matched within 30 s', file=sys.stderr)
         return 1
+    _spin(executor, 0.5)     # let the other endpoints of the subscriber match too
     frame = 0
     for mb in sizes:
         payload = np.random.default_rng(1).random(shape_for(mb), dtype=np.float32)
@@ -95,20 +128,18 @@ def _publisher(sizes: Sequence[float], count: int, warmup: int) -> int:
             header = now_header(f'{mb}')
             pub.publish(header, frame, {'x': payload})
             frame += 1
-            spin_until(node, lambda: False, timeout=1.0 / RATE_HZ)
-    node.destroy_node()
-    rclpy.shutdown()
+            _spin(executor, 1.0 / RATE_HZ)
     return 0
 
 
-def _subscriber(total: int, timeout: float) -> int:
+def _receiver(executor: Any) -> tuple[list[tuple[str, int, float]], list[str], Any]:
     import rclpy
 
     from autodice_ros.codec import Frame, TensorSubscriber, qos_profile
-    from autodice_ros.rosutil import spin_until, stamp_ns
+    from autodice_ros.rosutil import stamp_ns
 
-    rclpy.init()
     node = rclpy.create_node('hop_sub')
+    executor.add_node(node)
     samples: list[tuple[str, int, float]] = []
     errors: list[str] = []
 
@@ -116,48 +147,101 @@ def _subscriber(total: int, timeout: float) -> int:
         latency_ms = (time.time_ns() - stamp_ns(frame.header)) / 1e6
         samples.append((frame.header.frame_id, frame.frame, latency_ms))
 
-    TensorSubscriber(node, TOPIC, qos_profile('reliable', depth=2), None, on_frame,
-                     lambda topic, exc: errors.append(str(exc)))
-    spin_until(node, lambda: len(samples) >= total, timeout=timeout, step=0.01)
-    json.dump({'samples': samples, 'errors': errors}, sys.stdout)
-    node.destroy_node()
-    rclpy.shutdown()
+    sub = TensorSubscriber(node, TOPIC, qos_profile('reliable', depth=2), None, on_frame,
+                           lambda topic, exc: errors.append(str(exc)))
+    return samples, errors, sub
+
+
+def _report(samples: list[tuple[str, int, float]], errors: list[str], sub: Any) -> None:
+    json.dump({'samples': samples, 'errors': errors, 'paths': dict(sub.received),
+               'drops': dict(sub.drops)}, sys.stdout)
+
+
+def _publisher(sizes: Sequence[float], count: int, warmup: int, fast_path: bool) -> int:
+    import rclpy
+
+    try:
+        return _send(_init(fast_path), sizes, count, warmup)
+    finally:
+        rclpy.try_shutdown()
+
+
+def _subscriber(total: int, timeout: float, fast_path: bool) -> int:
+    import rclpy
+
+    executor = _init(fast_path)
+    try:
+        samples, errors, sub = _receiver(executor)
+        _spin(executor, timeout, lambda: len(samples) >= total)
+        _report(samples, errors, sub)
+    finally:
+        rclpy.try_shutdown()
     return 0
+
+
+def _both(sizes: Sequence[float], count: int, warmup: int, fast_path: bool) -> int:
+    """Publisher and subscriber nodes in one process, one executor."""
+    import rclpy
+
+    executor = _init(fast_path)
+    try:
+        samples, errors, sub = _receiver(executor)
+        status = _send(executor, sizes, count, warmup)
+        _spin(executor, 1.0, lambda: len(samples) >= len(sizes) * (warmup + count))
+        _report(samples, errors, sub)
+    finally:
+        rclpy.try_shutdown()
+    return status
 
 
 # -- orchestration --------------------------------------------------------------------------------
 
 def run_setup(name: str, sizes: Sequence[float], count: int, warmup: int,
               base_env: Mapping[str, str]) -> dict[str, Any]:
-    """Run one set-up; per size: p50/p99 latency (ms), messages received."""
+    """Run one set-up; per size: p50/p99 latency (ms), messages received; the paths frames took."""
+    setup = SETUPS[name]
     env = setup_env(name, base_env)
     total = len(sizes) * (warmup + count)
     timeout = 30.0 + total / RATE_HZ * 4
     cmd = [sys.executable, '-m', 'autodice_ros.bench.hop']
-    sub = subprocess.Popen([*cmd, 'sub', str(total), str(timeout)], env=env,
-                           stdout=subprocess.PIPE, text=True)
-    pub = subprocess.Popen([*cmd, 'pub', ','.join(map(str, sizes)), str(count), str(warmup)], env=env)
-    pub.wait(timeout=timeout + 30)
-    out, _ = sub.communicate(timeout=timeout + 30)
+    fast = 'on' if setup.fast_path else 'off'
+    send_args = [','.join(map(str, sizes)), str(count), str(warmup), fast]
+    if setup.in_process:
+        out = subprocess.run([*cmd, 'both', *send_args], env=env, stdout=subprocess.PIPE, text=True,
+                             timeout=timeout + 30).stdout
+    else:
+        sub = subprocess.Popen([*cmd, 'sub', str(total), str(timeout), fast], env=env,
+                               stdout=subprocess.PIPE, text=True)
+        pub = subprocess.Popen([*cmd, 'pub', *send_args], env=env)
+        pub.wait(timeout=timeout + 30)
+        out, _ = sub.communicate(timeout=timeout + 30)
     data = json.loads(out or '{"samples": [], "errors": ["subscriber printed nothing"]}')
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {'help': setup.help, 'paths': data.get('paths', {})}
     for index, mb in enumerate(sizes):
         first = index * (warmup + count) + warmup
         last = (index + 1) * (warmup + count)
         lat = [ms for _, frame, ms in data['samples'] if first <= frame < last]
         result[f'{mb}MB'] = {'p50_ms': percentile(lat, 50), 'p99_ms': percentile(lat, 99),
                              'received': len(lat), 'sent': count}
+    if data.get('drops'):
+        result['drops'] = data['drops']
     if data['errors']:
         result['errors'] = data['errors'][:5]
     return result
 
 
-def run(sizes: Sequence[float] = DEFAULT_SIZES_MB, setups: Sequence[str] = ('default', 'shipped'),
+TARGET = ('fastpath', '3.2MB', 8.0)    # set-up, size, p50 at most this many same-run memcpys
+
+
+def run(sizes: Sequence[float] = DEFAULT_SIZES_MB, setups: Sequence[str] = DEFAULT_SETUPS,
         count: int = 30, warmup: int = 5, out: Path | None = None) -> dict[str, Any]:
+    unknown = [name for name in setups if name not in SETUPS]
+    if unknown:
+        raise ValueError(f'unknown hop set-up(s) {", ".join(unknown)}; expected: {", ".join(SETUPS)}')
     report: dict[str, Any] = {
         'benchmark': 'hop',
         'definition': 'one-way latency, publisher arrays in hand -> subscriber callback with arrays',
-        'rate_hz': RATE_HZ, 'count': count,
+        'rate_hz': RATE_HZ, 'count': count, 'cores': os.cpu_count(),
         'discovery_range': os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE', 'SUBNET (default)'),
         'memcpy_ms': {f'{mb}MB': memcpy_ms(int(np.prod(shape_for(mb))) * 4) for mb in sizes},
         'setups': {},
@@ -166,20 +250,27 @@ def run(sizes: Sequence[float] = DEFAULT_SIZES_MB, setups: Sequence[str] = ('def
         report['setups'][name] = run_setup(name, sizes, count, warmup, os.environ)
     for res in report['setups'].values():
         for key, row in res.items():
-            if isinstance(row, dict) and row.get('p50_ms') == row.get('p50_ms'):
+            if isinstance(row, dict) and 'p50_ms' in row and row['p50_ms'] == row['p50_ms']:
                 row['p50_over_memcpy'] = row['p50_ms'] / report['memcpy_ms'][key]
+    setup, size, limit = TARGET
+    row = report['setups'].get(setup, {}).get(size)
+    if row is not None and 'p50_over_memcpy' in row:
+        report['target'] = {'what': f'{setup} {size} p50 <= {limit:g} x same-run memcpy',
+                            'ratio': row['p50_over_memcpy'], 'met': row['p50_over_memcpy'] <= limit}
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + '\n')
     return report
 
 
 def main(argv: Sequence[str]) -> int:
-    role = argv[0]
-    if role == 'pub':
-        return _publisher([float(s) for s in argv[1].split(',')], int(argv[2]), int(argv[3]))
+    role, args = argv[0], argv[1:]
+    if role in ('pub', 'both'):
+        sizes = [float(x) for x in args[0].split(',')]
+        peer = _publisher if role == 'pub' else _both
+        return peer(sizes, int(args[1]), int(args[2]), args[3] == 'on')
     if role == 'sub':
-        return _subscriber(int(argv[1]), float(argv[2]))
-    raise SystemExit(f'usage: python -m autodice_ros.bench.hop pub|sub ...; got {role!r}')
+        return _subscriber(int(args[0]), float(args[1]), args[2] == 'on')
+    raise SystemExit(f'usage: python -m autodice_ros.bench.hop pub|sub|both ...; got {role!r}')
 
 
 if __name__ == '__main__':

@@ -60,16 +60,20 @@ def head_time_ms(bundle: Bundle, images: list[Any]) -> float:
     return statistics.median(samples)
 
 
-def drive(bundle_dir: Path, namespace: str, images: list[Any], window: int) -> dict[str, Any]:
+def drive(bundle_dir: Path, namespace: str, images: list[Any], window: int, fast_path: bool = True,
+          in_process: bool = False) -> dict[str, Any]:
     """Run the pipeline: first one frame at a time (latency), then with ``window`` in flight."""
     import rclpy
+    from rclpy.parameter import Parameter
 
     from autodice_ros.runner import Runner
 
     manifest = load_bundle(bundle_dir).manifest
-    specs = make_plan(bundle_dir, PlanOptions(source='none', namespace=namespace))
+    specs = make_plan(bundle_dir, PlanOptions(source='none', namespace=namespace, fast_path=fast_path,
+                                              in_process=in_process))
     rclpy.init()
-    node = rclpy.create_node('autodice_bench_pipeline')
+    node = rclpy.create_node('autodice_bench_pipeline',
+                             parameter_overrides=[Parameter('fast_path', value=fast_path)])
     try:
         with Runner(specs) as runner:
             driver = PipelineDriver(node, manifest, namespace)
@@ -87,7 +91,7 @@ def drive(bundle_dir: Path, namespace: str, images: list[Any], window: int) -> d
             driver.wait_for(len(images), timeout=120.0)
             seconds = time.monotonic() - start
             rss = runner.peak_rss()
-            stage_names = {s.name for s in specs if s.executable == 'stage'}
+            stage_names = {s.name for s in specs if s.executable in ('stage', 'stages')}
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
@@ -107,7 +111,7 @@ def single_bundle(bundle: Bundle, workdir: Path) -> Path:
 
 
 def run(bundle_dir: Path, frames: int = 60, out: Path | None = None,
-        plot: Path | None = None) -> dict[str, Any]:
+        plot: Path | None = None, fast_path: bool = True, in_process: bool = False) -> dict[str, Any]:
     from autodice_ros.nodes.image_source import synthetic_pattern, to_image_msg
     from autodice_ros.rosutil import now_header
 
@@ -122,10 +126,10 @@ def run(bundle_dir: Path, frames: int = 60, out: Path | None = None,
     stages = stage_times_ms(bundle)
     head = head_time_ms(bundle, images)
     ideal_fps = min(1000.0 / max(stages.values()), cores * 1000.0 / (sum(stages.values()) + head))
-    split_run = drive(bundle_dir, '/bench_split', images, window=len(parts) + 1)
+    split_run = drive(bundle_dir, '/bench_split', images, len(parts) + 1, fast_path, in_process)
     with tempfile.TemporaryDirectory(prefix='autodice-bench-') as tmp:
         single_dir = single_bundle(bundle, Path(tmp))
-        single_run = drive(single_dir, '/bench_single', images, window=2)
+        single_run = drive(single_dir, '/bench_single', images, 2, fast_path, in_process)
     hops = len(parts) + 1
     added = (split_run['latency_ms_p50'] - sum(stages.values()) - head) / hops
     single_stage = max(single_run['stage_rss_bytes'].values())
@@ -133,7 +137,7 @@ def run(bundle_dir: Path, frames: int = 60, out: Path | None = None,
     stage_rss = split_run['stage_rss_bytes']
     report = {
         'benchmark': 'pipeline', 'bundle': str(bundle_dir), 'model': bundle.manifest.model.name,
-        'partitions': k, 'cores': cores,
+        'partitions': k, 'cores': cores, 'fast_path': fast_path, 'in_process': in_process,
         'stage_ms': stages, 'head_ms': head,
         'ideal_fps': ideal_fps, 'fps': split_run['fps'],
         'throughput_over_ideal': split_run['fps'] / ideal_fps, 'target_throughput_over_ideal': 0.9,

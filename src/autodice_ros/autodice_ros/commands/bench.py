@@ -11,11 +11,11 @@ def _floats(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split}')
+    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split,pipeline}')
     hop = sub.add_parser('hop', help='one-way latency of a tensor hop between two processes')
     hop.add_argument('--sizes', type=_floats, default=[0.6, 3.2, 12.8], help='payload sizes in MB')
-    hop.add_argument('--setups', default='default,shipped',
-                     help='comma list of: default, shipped, network')
+    hop.add_argument('--setups', default='default,shipped,fastpath,inprocess',
+                     help='comma list of: default, shipped, network, fastpath, inprocess')
     hop.add_argument('--count', type=int, default=30, help='messages per size (after warm-up)')
     hop.add_argument('-o', '--out', type=Path, help='also write the JSON here')
     split = sub.add_parser('split', help='whole model vs sum of its parts; predicted vs measured stages')
@@ -24,6 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument('--reps', type=int, default=15, help='interleaved timing rounds (default 15)')
     split.add_argument('--profile', type=Path, help='a profile JSON of this model (default: profile now)')
     split.add_argument('-o', '--out', type=Path, help='also write the JSON here')
+    pipeline = sub.add_parser('pipeline', help='a split pipeline on this machine: fps and latency against '
+                                               'the ideal and the unsplit model, RSS per stage')
+    pipeline.add_argument('bundle', type=Path, help='the bundle (all partitions run here)')
+    pipeline.add_argument('--frames', type=int, default=60, help='images to send (default 60)')
+    pipeline.add_argument('--fast-path', choices=('on', 'off'), default='on',
+                          help='same-board shared-memory transport (default on)')
+    pipeline.add_argument('--in-process', action='store_true', help="all stages in one process ('stages')")
+    pipeline.add_argument('--plot', type=Path, help='also draw the PNG here')
+    pipeline.add_argument('-o', '--out', type=Path, help='also write the JSON here')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,5 +44,9 @@ def run(args: argparse.Namespace) -> int:
         from autodice_ros.profile import load_profile
         profile = load_profile(args.profile) if args.profile is not None else None
         report = split.run(args.model, args.boards, args.reps, profile, out=args.out)
+    elif args.bench == 'pipeline':
+        from autodice_ros.bench import pipeline
+        report = pipeline.run(args.bundle, args.frames, args.out, args.plot, args.fast_path == 'on',
+                              args.in_process)
     print(json.dumps(report, indent=2))
     return 0
