@@ -26,6 +26,7 @@ setup(
         'console_scripts': [
             'autodice = autodice_ros.cli:main',
             'stage = autodice_ros.nodes.stage:main',
+            'stages = autodice_ros.nodes.stages:main',
             'camera_head = autodice_ros.nodes.camera_head:main',
             'tail = autodice_ros.nodes.tail:main',
             'image_source = autodice_ros.nodes.image_source:main',

@@ -37,6 +37,7 @@ COMMANDS: dict[str, Command] = {
     'soak': Command('autodice_ros.commands.soak', 'long run: memory growth and mismatched frames'),
     'env': Command('autodice_ros.commands.env', 'print the environment, or run a command in it', raw=True),
     'stage': Command('autodice_ros.nodes.stage', 'node: run one sub-model', raw=True),
+    'stages': Command('autodice_ros.nodes.stages', 'node: several sub-models in one process', raw=True),
     'camera_head': Command('autodice_ros.nodes.camera_head', 'node: Image -> input tensor', raw=True),
     'tail': Command('autodice_ros.nodes.tail', 'node: output tensor -> result', raw=True),
     'image_source': Command('autodice_ros.nodes.image_source', 'node: camera from a folder or a pattern',

@@ -324,6 +324,9 @@ class SlotReader:
     def _mapping(self, name: str) -> _Mapping:
         mapping = self._cache.get(name)
         if mapping is None:
+            # a new segment: let go of unlinked ones (outgrown, or their publisher is gone)
+            for old in [n for n, m in self._cache.items() if os.fstat(m.fd).st_nlink == 0]:
+                del self._cache[old]
             mapping = _Mapping(self._dir, name)
             self._cache[name] = mapping
             while len(self._cache) > self._cache_size:   # leased ones stay mapped until released

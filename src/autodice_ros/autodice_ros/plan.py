@@ -6,7 +6,10 @@ name, namespace, parameters, remappings, environment). The launch file turns the
 
 Transport per node: a node whose links all stay on its board gets the shared-memory profile; a
 node with a link to another board gets the network profile (with asynchronous publication, so
-a slow link never blocks the publisher's callback).
+a slow link never blocks the publisher's callback). On top of DDS, tensors between processes of
+one board take the same-board fast path (``fast_path``: shared-memory slots, a descriptor over
+DDS); with ``in_process`` a board's stages share one process (``stages``) and hand tensors over
+without any copy.
 """
 from __future__ import annotations
 
@@ -70,6 +73,10 @@ class PlanOptions:
     depth: int = _opt(10, 'QoS history depth of the tensor topics')
     transport: str = _opt('auto', "DDS profile: 'auto' (per link), 'board', 'network', 'none'")
     threads: int = _opt(0, "ONNX Runtime threads per stage (0: the manifest's)")
+    fast_path: bool = _opt(True, 'same-board tensors through shared memory, a descriptor over DDS '
+                           '(false: every tensor as a TensorList over DDS)')
+    in_process: bool = _opt(False, "this board's stages (all, without 'board') in one process "
+                            "('stages'): no copy between them, but one crash stops them all")
 
 
 def option_fields() -> list[tuple[str, type, ParamValue, str]]:
@@ -137,6 +144,12 @@ def stage_node_name(partition: str) -> str:
     return f'stage_{token}' if token in FIXED_NODES else token
 
 
+def stages_node_name(board: str) -> str:
+    """The node name of the process that runs a board's stages together (``in_process``); without
+    a board (every partition on this machine), all of them."""
+    return f'stages_{ros_token(board)}' if board else 'stages'
+
+
 def node_env(kind: str) -> dict[str, str]:
     """Environment for one node's transport: 'board', 'network' or 'none'."""
     if kind == 'none':
@@ -167,6 +180,7 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
         return node_env('network' if options.board and crossing.get(name) else 'board')
 
     qos: dict[str, ParamValue] = {'qos.reliability': options.reliability, 'qos.depth': options.depth}
+    tensors: dict[str, ParamValue] = {**qos, 'fast_path': options.fast_path}
     ns = options.namespace
     specs: list[NodeSpec] = []
     if options.head and here(head_board):
@@ -178,14 +192,19 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
             specs.append(NodeSpec('image_source', 'image_source', ns, head_board, {**source, **qos},
                                   env_for('camera_head'), remap))
         specs.append(NodeSpec('camera_head', 'camera_head', ns, head_board,
-                              {'bundle': root, **qos}, env_for('camera_head'), remap))
-    for part in manifest.partitions:
-        if here(part.board):
-            params: dict[str, ParamValue] = {'bundle': root, 'partition': part.name, **qos}
-            if options.threads:
-                params['threads'] = options.threads
+                              {'bundle': root, **tensors}, env_for('camera_head'), remap))
+    threads: dict[str, ParamValue] = {'threads': options.threads} if options.threads else {}
+    if options.in_process:          # this machine's stages in one process, on its widest link's profile
+        parts = [p for p in manifest.partitions if here(p.board)]
+        widest = next((p.name for p in parts if crossing.get(p.name)), parts[0].name)
+        specs.append(NodeSpec('stages', stages_node_name(options.board), ns, options.board or parts[0].board,
+                              {'bundle': root, 'partitions': ','.join(p.name for p in parts),
+                               **tensors, **threads}, env_for(widest)))
+    else:
+        for part in (p for p in manifest.partitions if here(p.board)):
             specs.append(NodeSpec('stage', stage_node_name(part.name), ns, part.board,
-                                  params, env_for(part.name)))
+                                  {'bundle': root, 'partition': part.name, **tensors, **threads},
+                                  env_for(part.name)))
     if options.tail and here(tail_board):
-        specs.append(NodeSpec('tail', 'tail', ns, tail_board, {'bundle': root, **qos}, env_for('tail')))
+        specs.append(NodeSpec('tail', 'tail', ns, tail_board, {'bundle': root, **tensors}, env_for('tail')))
     return specs

@@ -1,0 +1,68 @@
+"""The fast path in the plan: the ``fast_path`` switch, a board's stages in one process (``stages``)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pipeline_helpers import ros_node, split, synthetic_images, whole_model
+from test_plan import three_stage_bundle
+
+from autodice_ros import fastpath
+from autodice_ros.driver import PipelineDriver
+from autodice_ros.environment import PROFILE_VAR
+from autodice_ros.manifest import load_bundle
+from autodice_ros.plan import PlanOptions, make_plan, option_fields, options_from_strings
+from autodice_ros.runner import Runner
+
+
+def test_every_tensor_node_gets_the_fast_path_switch(tmp_path: Path) -> None:
+    bundle = three_stage_bundle(tmp_path)
+    on = {s.name: s.parameters.get('fast_path') for s in make_plan(bundle)}
+    assert on == {'image_source': None, 'camera_head': True, 'p0': True, 'p1': True, 'p2': True, 'tail': True}
+    off = make_plan(bundle, options_from_strings({'fast_path': 'false'}))
+    assert {s.parameters.get('fast_path') for s in off if s.executable != 'image_source'} == {False}
+    assert {'fast_path', 'in_process'} <= {name for name, *_ in option_fields()}
+
+
+def test_in_process_runs_a_boards_stages_in_one_process(tmp_path: Path) -> None:
+    bundle = three_stage_bundle(tmp_path)
+    specs = make_plan(bundle, PlanOptions(in_process=True))     # no board: all of them, here
+    assert [(s.executable, s.name) for s in specs] == [
+        ('image_source', 'image_source'), ('camera_head', 'camera_head'), ('stages', 'stages'),
+        ('tail', 'tail')]
+    assert specs[2].parameters['partitions'] == 'p0,p1,p2'
+    board_b = make_plan(bundle, PlanOptions(board='b', in_process=True, threads=2, source='none'))
+    assert [s.name for s in board_b] == ['stages_b', 'tail']
+    assert Path(board_b[0].env[PROFILE_VAR]).name == 'fastdds_network.xml'   # p1 reads from board a
+    assert board_b[0].parameters['threads'] == 2
+    assert "partitions:='p1,p2'" in board_b[0].ros_arguments()
+
+
+def test_stages_in_one_process_equal_the_whole_model(tmp_path: Path,
+                                                     zoo_model: Callable[[str], Path]) -> None:
+    model = zoo_model('squeezenet')
+    bundle = split(model, tmp_path / 'bundle', '--boards', '3')
+    manifest = load_bundle(bundle).manifest
+    assert len(manifest.partitions) == 3
+    namespace = '/fastpath_stages'
+    specs = make_plan(bundle, PlanOptions(source='none', namespace=namespace, in_process=True))
+    assert [s.executable for s in specs] == ['camera_head', 'stages', 'tail']
+    images = synthetic_images(6)
+    with ros_node('stages_driver') as node, Runner(specs) as runner:
+        driver = PipelineDriver(node, manifest, namespace, record_inputs=True)
+        driver.wait_connected()
+        for image in images:
+            driver.send(image)
+            driver.spin_for(0.2)
+        assert driver.wait_for(len(images), timeout=60.0), f'{len(driver.collected.outputs)} frames'
+        # only the last stage's output leaves the process (to the tail): the only slots it owns
+        owned = fastpath.own_segments(pid=runner.pid('stages'))
+        assert 0 < len(owned) <= 10 + 2
+    got = driver.collected
+    sent = [(i.header.stamp.sec, i.header.stamp.nanosec) for i in images]
+    assert got.order == sent and not got.errors
+    expected = whole_model(model, [got.inputs[k] for k in sent])
+    for key, ref in zip(sent, expected, strict=True):
+        for name, value in ref.items():
+            assert np.max(np.abs(got.outputs[key].tensors[name] - value)) <= 1e-4, (key, name)
