@@ -69,8 +69,9 @@ class PlanOptions:
     image_topic: str = _opt('', "camera topic the head subscribes to (remaps 'image')")
     head: bool = _opt(True, 'start the camera head (on the board of the first stage)')
     tail: bool = _opt(True, 'start the tail (on the board of the last stage)')
-    reliability: str = _opt('reliable', "QoS of the tensor topics: 'reliable' or 'best_effort'")
-    depth: int = _opt(10, 'QoS history depth of the tensor topics')
+    reliability: str = _opt('reliable', "QoS of the image and tensor topics: 'reliable' or 'best_effort'")
+    depth: int = _opt(10, 'QoS history depth of the image and tensor topics: 1 = newest frame only, '
+                      'N = every frame while the backlog stays under N')
     transport: str = _opt('auto', "DDS profile: 'auto' (per link), 'board', 'network', 'none'")
     threads: int = _opt(0, "ONNX Runtime threads per stage (0: the manifest's)")
     fast_path: bool = _opt(True, 'same-board tensors through shared memory, a descriptor over DDS '
@@ -191,8 +192,9 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
                                              'bundle': root}
             specs.append(NodeSpec('image_source', 'image_source', ns, head_board, {**source, **qos},
                                   env_for('camera_head'), remap))
+        image_qos = {'image_qos.reliability': options.reliability, 'image_qos.depth': options.depth}
         specs.append(NodeSpec('camera_head', 'camera_head', ns, head_board,
-                              {'bundle': root, **tensors}, env_for('camera_head'), remap))
+                              {'bundle': root, **tensors, **image_qos}, env_for('camera_head'), remap))
     threads: dict[str, ParamValue] = {'threads': options.threads} if options.threads else {}
     if options.in_process:          # this machine's stages in one process, on its widest link's profile
         parts = [p for p in manifest.partitions if here(p.board)]

@@ -13,10 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--boards', type=int, default=defaults.boards, help='partitions')
     parser.add_argument('--frames', type=int, default=defaults.frames, help='frames to report on')
     parser.add_argument('--rate', type=float, default=defaults.rate, help='synthetic camera fps')
+    parser.add_argument('--depth', type=int, default=defaults.depth,
+                        help='QoS depth: 1 = newest frame only (live camera), N = every frame up to N queued')
     parser.add_argument('--workdir', type=Path, default=defaults.workdir, help='models and bundles go here')
 
 
 def run(args: argparse.Namespace) -> int:
-    config = DemoConfig(args.model, args.boards, args.frames, args.rate, args.workdir)
+    config = DemoConfig(args.model, args.boards, args.frames, args.rate, args.depth, args.workdir)
     print_summary(run_demo(config))
     return 0
