@@ -436,6 +436,7 @@ class TensorSubscriber:
         self._ref_sub: Any = None
         self._local_sub: Any = None
         self._plain_seen = 0
+        self._shm_publishers = 0
         self._recent: OrderedDict[FrameKey, str] = OrderedDict()
         self._queue: deque[Frame] = deque()
         enabled, _ = fast_path_settings(node, qos.depth)
@@ -447,7 +448,6 @@ class TensorSubscriber:
             self._subscribe_payload()
             return
         fastpath.reap()
-        self._guard = node.create_guard_condition(self._drain_local)
         self._timer = node.create_timer(self.GRAPH_PERIOD, self._check_graph)
         if fastpath.LOCAL_BUS.add_subscriber(self._resolved, self):
             self.local_publishers_changed(True)
@@ -471,14 +471,11 @@ class TensorSubscriber:
                                                                self._receive_payload, self._qos)
 
     def _subscribe_refs(self) -> None:
-        from rclpy.event_handler import SubscriptionEventCallbacks
-
         from autodice_msgs.msg import TensorListRef
 
         if self._ref_sub is None:
-            events = SubscriptionEventCallbacks(matched=self._on_matched)
             self._ref_sub = self._node.create_subscription(TensorListRef, self._shm_topic, self._receive_ref,
-                                                           self._qos, event_callbacks=events)
+                                                           self._qos)
 
     def _unsubscribe(self, *names: str) -> None:
         for name in names:
@@ -493,6 +490,8 @@ class TensorSubscriber:
 
         if present:
             self._unsubscribe('_payload_sub', '_ref_sub')
+            if self._guard is None:
+                self._guard = self._node.create_guard_condition(self._drain_local)
             if self._local_sub is None:    # never published on: it only shows this reader in the graph
                 self._local_sub = self._node.create_subscription(TensorListRef, self._local_topic,
                                                                  lambda _msg: None, self._qos)
@@ -510,6 +509,13 @@ class TensorSubscriber:
         node = self._node
         if self._local_sub is not None:
             return
+        if self._ref_sub is not None:
+            publishers = self._ref_sub.get_publisher_count()
+            if publishers < self._shm_publishers:      # one left, maybe killed: its slots must go
+                fastpath.reap()
+                assert self._reader is not None
+                self._reader.forget_dead()
+            self._shm_publishers = publishers
         if self._payload_sub is None:
             plain = node.count_publishers(self._resolved) - node.count_publishers(self._shm_topic)
             self._plain_seen = self._plain_seen + 1 if plain > 0 else 0
@@ -518,11 +524,6 @@ class TensorSubscriber:
         elif (self._ref_sub is not None
               and self._payload_sub.get_publisher_count() >= node.count_publishers(self._resolved)):
             self._unsubscribe('_ref_sub')
-
-    def _on_matched(self, info: Any) -> None:
-        if info.current_count_change < 0 and self._reader is not None:   # a publisher left: crashed?
-            fastpath.reap()
-            self._reader.forget_dead()
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -559,7 +560,7 @@ class TensorSubscriber:
 
     def deliver_local(self, frame: Frame) -> None:
         """Called by a publisher of this process (in its thread); the executor delivers it."""
-        if self._guard is None:
+        if self._guard is None or self._local_sub is None:
             return
         if len(self._queue) >= self._qos.depth:     # KEEP_LAST, like the DDS history
             self._queue.popleft()
