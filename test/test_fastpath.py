@@ -154,7 +154,7 @@ def exchange(out: Path, topic: str, pub_fast: str = 'on', sub_fast: str = 'on', 
     subs = [subprocess.Popen([*sub_prefix, sys.executable, str(PEER), 'sub', topic, str(out), sub_fast,
                               str(count), str(delay)])]
     if plain:
-        subs.append(peer('plain', topic, out))
+        subs.append(peer('plain', topic, out, str(count)))
     pub = peer('pub', topic, out, pub_fast, str(slots), str(count), str(period), str(len(subs)))
     try:
         for proc in subs:
@@ -203,6 +203,7 @@ def test_an_ordinary_subscriber_still_gets_full_tensor_lists(shared_run: Run) ->
         got = dict(plain)
     for name, value in awkward_tensors().items():
         assert got[name].tobytes() == value.tobytes(), name
+    assert json.loads((shared_run.out / 'plain.json').read_text()) == {'frames': [0, 1, 2]}
     assert shared_run.pub['sent'] == {'payload': 3, 'shm': 3}
     assert shared_run.pub['failures'] == 0
 

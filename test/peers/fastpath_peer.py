@@ -6,8 +6,8 @@ pub TOPIC DIR FAST SLOTS COUNT PERIOD READERS: wait for READERS subscribers, pub
 sub TOPIC DIR FAST COUNT DELAY: receive until COUNT frames arrived or were dropped, or 2 s passed
     without either (DELAY s in each callback: a slow reader); keep the first frame's arrays alive
     to the end; write DIR/sub.json and DIR/received.npz.
-plain TOPIC DIR: an ordinary rclpy subscription to the TensorList topic; one message to
-    DIR/plain.npz and DIR/plain.json.
+plain TOPIC DIR COUNT: an ordinary rclpy subscription to the TensorList topic; COUNT messages,
+    the first one's tensors to DIR/plain.npz, their frame numbers to DIR/plain.json.
 """
 from __future__ import annotations
 
@@ -98,24 +98,24 @@ def subscribe(topic: str, out: Path, count: int, delay: float) -> int:
     return 0 if frames else 4
 
 
-def plain(topic: str, out: Path) -> int:
+def plain(topic: str, out: Path, count: int) -> int:
     from autodice_msgs.msg import TensorList
 
     node = rclpy.create_node('plain_sub')
     got: list[Any] = []
     node.create_subscription(TensorList, topic, got.append, QOS)
-    if not spin_until(node, lambda: bool(got), timeout=60.0):
+    if not spin_until(node, lambda: len(got) >= count, timeout=60.0):
         return 4
     frame = decode_list(got[0])
     np.savez(out / 'plain.npz', **frame.tensors)
-    (out / 'plain.json').write_text(json.dumps({'frame': frame.frame}))
+    (out / 'plain.json').write_text(json.dumps({'frames': [int(m.frame) for m in got]}))
     return 0
 
 
 if __name__ == '__main__':
     role, topic, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     rest = sys.argv[4:]
-    fast = rest[0] == 'on' if role != 'plain' else True
+    fast = rest[0] == 'on' if role != 'plain' else False
     rclpy.init(args=['peer', '--ros-args', '-p', f'fast_path:={str(fast).lower()}'])
     try:
         if role == 'pub':
@@ -123,7 +123,7 @@ if __name__ == '__main__':
         elif role == 'sub':
             code = subscribe(topic, out_dir, int(rest[1]), float(rest[2]))
         else:
-            code = plain(topic, out_dir)
+            code = plain(topic, out_dir, int(rest[0]))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)

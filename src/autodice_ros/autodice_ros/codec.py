@@ -272,6 +272,8 @@ class TensorPublisher:
     """
 
     def __init__(self, node: Node, topic: str, qos: QoSProfile, fast_path: bool | None = None) -> None:
+        """``fast_path=False`` turns the fast path off for this publisher; otherwise the node's
+        ``fast_path`` parameter decides (and /dev/shm must exist)."""
         from autodice_msgs.msg import TensorList, TensorListRef
 
         self.topic = topic
@@ -330,10 +332,10 @@ class TensorPublisher:
                     except InvalidHandle:      # its node was destroyed without destroy()
                         fastpath.LOCAL_BUS.remove_subscriber(self._resolved, subscriber)
                 self.sent['local'] += 1
+        if self._refs is not None and self._refs.get_subscription_count() > 0:   # before the slow path
+            ok = self._publish_ref(header, frame, tensors) and ok
         if self._publisher.get_subscription_count() > 0:
             ok = self._send(self._publisher, encode_list(header, frame, tensors), 'payload') and ok
-        if self._refs is not None and self._refs.get_subscription_count() > 0:
-            ok = self._publish_ref(header, frame, tensors) and ok
         return ok
 
     def _send(self, publisher: Any, msg: Any, path: str) -> bool:
@@ -437,6 +439,8 @@ class TensorSubscriber:
         self._local_sub: Any = None
         self._plain_seen = 0
         self._shm_publishers = 0
+        self._payload_at_switch = 0
+        self._overlap_ticks = 0
         self._recent: OrderedDict[FrameKey, str] = OrderedDict()
         self._queue: deque[Frame] = deque()
         enabled, _ = fast_path_settings(node, qos.depth)
@@ -503,6 +507,8 @@ class TensorSubscriber:
         """Take the TensorList topic from now on (the descriptor topic goes once it is matched)."""
         if self._payload_sub is None:
             self._node.get_logger().info(f'{self._where}receiving TensorList messages: {reason}')
+            self._payload_at_switch = self.received['payload']
+            self._overlap_ticks = 0
             self._subscribe_payload()
 
     def _check_graph(self) -> None:
@@ -521,9 +527,14 @@ class TensorSubscriber:
             self._plain_seen = self._plain_seen + 1 if plain > 0 else 0
             if self._plain_seen >= 2:      # twice: a fast publisher announces its two topics one by one
                 self._fall_back('a publisher of the topic has no shared-memory path')
-        elif (self._ref_sub is not None
-              and self._payload_sub.get_publisher_count() >= node.count_publishers(self._resolved)):
-            self._unsubscribe('_ref_sub')
+        elif self._ref_sub is not None:
+            # the descriptor topic goes once TensorLists flow from every publisher, plus one period
+            # (a publisher may see our TensorList subscription later than we see it)
+            flowing = (self.received['payload'] > self._payload_at_switch
+                       and self._payload_sub.get_publisher_count() >= node.count_publishers(self._resolved))
+            self._overlap_ticks = self._overlap_ticks + 1 if flowing else 0
+            if self._overlap_ticks >= 2:
+                self._unsubscribe('_ref_sub')
 
     # -- receiving ------------------------------------------------------------------------------
 
