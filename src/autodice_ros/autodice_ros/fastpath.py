@@ -243,7 +243,7 @@ class SlotRing:
                     continue
                 if segment.capacity < need:      # readers keep their mapping of the old one
                     segment.close()
-                    segment = None
+                    segment = self._slots[index] = None
             if segment is None:
                 segment = _Segment(self._dir, -(-need // GRANULE) * GRANULE or GRANULE)
                 self._slots[index] = segment
