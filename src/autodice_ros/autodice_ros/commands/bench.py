@@ -11,7 +11,7 @@ def _floats(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split,pipeline}')
+    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split,pipeline,boards}')
     hop = sub.add_parser('hop', help='one-way latency of a tensor hop between two processes')
     hop.add_argument('--sizes', type=_floats, default=[0.6, 3.2, 12.8], help='payload sizes in MB')
     hop.add_argument('--setups', default='default,shipped,fastpath,inprocess',
@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pipeline.add_argument('--in-process', action='store_true', help="all stages in one process ('stages')")
     pipeline.add_argument('--plot', type=Path, help='also draw the PNG here')
     pipeline.add_argument('-o', '--out', type=Path, help='also write the JSON here')
+    boards = sub.add_parser('boards', help='the pipeline on emulated boards (root): fps, latency, hops, '
+                                           'CPU, RSS, bytes, energy; targets')
+    from autodice_ros.bench.boards import add_arguments as add_boards_arguments
+    add_boards_arguments(boards)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,5 +52,16 @@ def run(args: argparse.Namespace) -> int:
         from autodice_ros.bench import pipeline
         report = pipeline.run(args.bundle, args.frames, args.out, args.plot, args.fast_path == 'on',
                               args.in_process)
+    elif args.bench == 'boards':
+        import sys
+
+        from autodice_ros.bench import boards
+        from autodice_ros.boards import check_available
+        check_available()
+        args.out.mkdir(parents=True, exist_ok=True)
+        full = boards.run(boards.config_from_args(args))
+        print(boards.markdown(full), file=sys.stderr)
+        report = {'benchmark': 'boards', 'targets': full['targets'],
+                  'files': [str(args.out / f'bench-boards.{ext}') for ext in ('json', 'md', 'png')]}
     print(json.dumps(report, indent=2))
     return 0
