@@ -149,9 +149,12 @@ def test_cuts_make_stages_in_topological_order(inception: ModelGraph) -> None:
     ({'a_cpu0': []}, r"key 'a_cpu0': partition 'a_cpu0' maps no nodes"),
     ({'a_tpu0': ['n0']}, r"key 'a_tpu0': resource 'tpu0' is not"),
     ({'a_cpu0': 'n0'}, r"key 'a_cpu0': expected a list of node ids"),
-    ({'conv2_1': ['lop', [0, 48], ['a_cpu0']], 'a_cpu0': ['n0']}, r"within-layer entry 'conv2_1'"),
-    ({'n3': ['lop', [0, 32], ['a_cpu0', 'b_cpu0']], 'a_cpu0': ['n0'], 'b_cpu0': ['n1']},
-     r"within-layer \(lop\) splits are not supported yet; map node 'n3' to one partition"),
+    ({'conv2_1': ['lop', [0, 48], ['a_cpu0']], 'a_cpu0': ['n0']},
+     r"within-layer entry 'conv2_1': node 'conv2_1' is not in"),
+    ({'n3': ['lop', [0, 32], ['a_cpu0', 'x_cpu0']], 'a_cpu0': ['n0']},
+     r"within-layer entry 'n3': field 'partitions': 'x_cpu0' is not a partition"),
+    ({'n3': ['lop', [32], ['a_cpu0']], 'a_cpu0': ['n0'], 'b_cpu0': ['n3']},
+     r"key 'b_cpu0': node 'n3' belongs to within-layer entry 'n3', which partitions a_cpu0 share"),
 ])
 def test_bad_json_mappings_name_file_and_culprit(inception: ModelGraph, tmp_path: Path,
                                                  data: object, message: str) -> None:

@@ -9,8 +9,11 @@ Three ways in, one validated :class:`Mapping` out (:func:`load_mapping`, :func:`
    = 1 thread, any core) or ``gpu<digits>`` (a GPU execution provider; the runtime falls back to
    the CPU where there is none). Node ids are ONNX node names, or the first output's name where
    a node has none; AutoDiCE's ``format_onnx`` spelling (first output, ``/`` -> ``_``) works too.
-   Within-layer entries (``{"conv2_1": ["lop", [0, 48], ["nx01_cpu0", "nx01_cpu1"]]}``) are
-   parsed into :class:`LayerSplit` and refused as not supported yet.
+   Within-layer entries, as AutoDiCE's ``horizontal.json`` writes them, may sit in the same
+   file (or in a second one, ``--layer-splits``): ``{"conv2_1": ["lop", [48, 65535], ["nx01_cpu0",
+   "nx01_cpu1"]]}`` = layer, mode (``lop``, ``lip``, ``height``, ``width``), split points, the
+   partitions that share it (see :class:`LayerSplit` for what the points mean). As in AutoDiCE's
+   ``hmapping.json``, the split layer may be listed in each sharing partition, or in none.
 
 2. **Our YAML** (``.yaml`` / ``.yml``)::
 
@@ -25,14 +28,21 @@ Three ways in, one validated :class:`Mapping` out (:func:`load_mapping`, :func:`
            from: conv2_1         # ... or a range in topological order, both ends inclusive;
            to: prob_1            # default from: after the previous partition's last node;
                                  # default to: before the next partition's ``from``, or the end
-       layer_splits: []          # within-layer splits (issue 7): parsed, refused for now
+       layer_splits:             # within-layer splits (autodice_ros.split.within)
+         - node: conv1_1         # a layer, or a fused range node .. to
+           to: pool1_1           # optional: the last node of the fused range
+           mode: height          # lop | lip | height | width
+           sizes: [60, 52]       # optional: one per partition, adding up to the layer's extent
+                                 # (default: even); or points: [...] with AutoDiCE's meaning
+           partitions: [head, nx02]
 
    ``autodice nodes MODEL`` prints the topological order the ranges refer to.
 
 3. **``--cuts ID,ID,...``**: a K-stage pipeline, cut after each named node in topological order;
    stage ``i`` is partition ``stage<i>`` on board ``board<i>``.
 
-Validation: every compute node mapped exactly once; nodes that only produce constants
+Validation: every compute node mapped exactly once (the nodes of a within-layer split: by that
+entry, and listed, if at all, only in the partitions sharing it); nodes that only produce constants
 (Constant, ConstantOfShape of an initializer, Shape of a static tensor, ...) need not be mapped
 and follow their consumers, duplicated where several partitions read them; no partition empty;
 unknown ids and malformed keys are errors naming the file and the node or key. A mapping may
@@ -60,6 +70,7 @@ PROVIDERS = {'cpu': CPU, 'gpu': CUDA, 'cuda': CUDA, 'tensorrt': 'TensorrtExecuti
 LAYER_SPLIT_MODES = ('lop', 'lip', 'height', 'width')
 _RESOURCE = re.compile(r'^(cpu|gpu)(\d*)$', re.IGNORECASE)
 _YAML_FIELDS = frozenset({'name', 'board', 'provider', 'threads', 'cores', 'nodes', 'from', 'to'})
+_SPLIT_FIELDS = frozenset({'node', 'to', 'mode', 'points', 'sizes', 'partitions'})
 
 
 @dataclass(frozen=True)
@@ -77,12 +88,29 @@ class PartitionSpec:
 
 @dataclass(frozen=True)
 class LayerSplit:
-    """A within-layer split (issue 7): ``node``'s work shared by ``partitions`` along ``mode``."""
+    """A within-layer split: the work of ``node`` (through ``last``, a fused range) shared by
+    ``partitions`` along ``mode``.
+
+    The split points' unit is the mode's: output channels of the range's first layer (``lop``),
+    its input channels (``lip``), rows or columns of the range's output (``height``, ``width``).
+    ``form`` says how ``points`` read:
+
+    - ``autodice``, as AutoDiCE's front end reads them: ``lop`` points are cumulative ends
+      (``[48, 65535]``: channels 0-47, then 48 to the end -- a last point past the end means
+      "the rest"); ``lip``, ``height`` and ``width`` points are sizes, one per partition, the last
+      again clamped to what is left. A list starting at 0 gives each piece's first index instead
+      (``[0, 48]``: 0-47, 48 to the end), as no piece may be empty in either reading.
+    - ``sizes``: one size per partition, adding up to the extent exactly (our YAML's ``sizes``).
+    - ``even``: no points; pieces as equal as the extent allows.
+    """
 
     node: str
     mode: str                           # lop | lip | height | width
     points: tuple[int, ...]
-    partitions: tuple[str, ...]
+    partitions: tuple[str, ...]         # partition names (AutoDiCE: mapping keys)
+    last: str = ''                      # the fused range's last node ('' = ``node`` alone)
+    form: str = 'autodice'              # autodice | sizes | even
+    where: str = ''                     # '<file>: within-layer entry ...', for messages
 
 
 @dataclass(frozen=True)
@@ -91,6 +119,8 @@ class Mapping:
 
     partitions: tuple[PartitionSpec, ...]
     source: str                         # the file, or '--cuts ...', for messages
+    # Within-layer splits still to apply (autodice_ros.split.within): the partitions then list
+    # every other node, not yet cut into pieces where the partition graph would cycle.
     layer_splits: tuple[LayerSplit, ...] = ()
 
     def partition(self, name: str) -> PartitionSpec:
@@ -143,13 +173,43 @@ def parse_key(key: str, where: str) -> PartitionSpec:
     return PartitionSpec(key, board, (), threads=max(1, len(cores)), cores=cores, key=key)
 
 
+def _int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(p, int) and not isinstance(p, bool) for p in value)
+
+
 def _layer_split(node: str, value: list[Any], where: str) -> LayerSplit:
-    if (len(value) != 3 or not isinstance(value[1], list) or not isinstance(value[2], list)
-            or not all(isinstance(p, int) and not isinstance(p, bool) for p in value[1])
+    """An AutoDiCE within-layer entry ``[mode, [points], [partition keys]]``."""
+    where = f'{where}: within-layer entry {node!r}'
+    if (len(value) != 3 or not _int_list(value[1]) or not isinstance(value[2], list)
             or not all(isinstance(p, str) for p in value[2])):
-        raise MappingError(f'{where}: within-layer entry {node!r} must be '
-                           f'["<mode>", [split points], ["<partition key>", ...]]')
-    return LayerSplit(node, value[0], tuple(value[1]), tuple(value[2]))
+        raise MappingError(f'{where} must be ["<mode>", [split points], ["<partition key>", ...]]')
+    return LayerSplit(node, value[0], tuple(value[1]), tuple(value[2]), where=where)
+
+
+def _yaml_layer_split(item: Any, where: str) -> LayerSplit:
+    if not isinstance(item, dict) or not isinstance(item.get('node'), str):
+        raise MappingError(f'{where}: expected {{node, mode, partitions, optional to, sizes or points}}')
+    unknown = sorted(set(map(str, item)) - _SPLIT_FIELDS)
+    if unknown:
+        raise MappingError(f'{where}: unknown field(s) {", ".join(unknown)}')
+    where = f'{where} (within-layer entry {item["node"]!r})'
+    mode = item.get('mode')
+    if mode not in LAYER_SPLIT_MODES:
+        raise MappingError(f'{where}: field \'mode\' is {mode!r}, not one of {", ".join(LAYER_SPLIT_MODES)}')
+    parts = item.get('partitions')
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
+        raise MappingError(f'{where}: field \'partitions\' must be a list of partition names')
+    last = item.get('to', '')
+    if not isinstance(last, str):
+        raise MappingError(f'{where}: field \'to\' must be a node id')
+    if 'sizes' in item and 'points' in item:
+        raise MappingError(f'{where}: give either \'sizes\' or \'points\', not both')
+    form, key = ('sizes', 'sizes') if 'sizes' in item else ('autodice', 'points') if 'points' in item \
+        else ('even', '')
+    points = item.get(key, []) if key else []
+    if not _int_list(points):
+        raise MappingError(f'{where}: field {key!r} must be a list of integers')
+    return LayerSplit(item['node'], mode, tuple(points), tuple(parts), last, form, where)
 
 
 def _is_layer_split(value: Any) -> bool:
@@ -232,14 +292,43 @@ def _read_yaml(path: Path, text: str) -> _Draft:
         name = _yaml_field(item, 'name', str, where) or ''
         spec = PartitionSpec(name, board, (), provider, threads, tuple(cores), key=name)
         draft.entries.append(_Entry(where, spec, nodes=nodes, first=first, last=last))
-    for i, item in enumerate(data.get('layer_splits') or []):
-        where = f'{path}: layer_splits[{i}]'
-        if not isinstance(item, dict) or not isinstance(item.get('node'), str):
-            raise MappingError(f'{where}: expected {{node, mode, points, partitions}}')
-        draft.layer_splits.append(_layer_split(
-            item['node'], [item.get('mode'), item.get('points'), item.get('partitions')], where))
+    splits = data.get('layer_splits') or []
+    if not isinstance(splits, list):
+        raise MappingError(f'{path}: field \'layer_splits\' must be a list')
+    draft.layer_splits.extend(_yaml_layer_split(item, f'{path}: layer_splits[{i}]')
+                              for i, item in enumerate(splits))
     _default_names(draft)
     return draft
+
+
+def read_layer_splits(path: str | os.PathLike[str]) -> list[LayerSplit]:
+    """Within-layer entries from their own file: AutoDiCE's ``horizontal.json``, or a YAML file
+    with a ``layer_splits`` list."""
+    path = Path(path)
+    text = _read_text(path)
+    if path.suffix.lower() in ('.yaml', '.yml'):
+        import yaml
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise MappingError(f'{path}: not valid YAML') from exc
+        items = data.get('layer_splits') if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise MappingError(f'{path}: expected a mapping with a list field \'layer_splits\'')
+        return [_yaml_layer_split(item, f'{path}: layer_splits[{i}]') for i, item in enumerate(items)]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MappingError(f'{path}: not valid JSON (line {exc.lineno}: {exc.msg})') from exc
+    if not isinstance(data, dict) or not data:
+        raise MappingError(f'{path}: expected a JSON object {{"<layer>": ["<mode>", [points], [keys]]}}')
+    splits = []
+    for key, value in data.items():
+        if not _is_layer_split(value):
+            raise MappingError(f'{path}: within-layer entry {key!r}: mode must be one of '
+                               f'{", ".join(LAYER_SPLIT_MODES)}')
+        splits.append(_layer_split(key, value, str(path)))
+    return splits
 
 
 def _default_names(draft: _Draft) -> None:
@@ -261,19 +350,26 @@ def _default_names(draft: _Draft) -> None:
         entry.spec = replace(entry.spec, name=name, key=name)
 
 
-def load_mapping(path: str | os.PathLike[str], graph: ModelGraph) -> Mapping:
-    """Read an AutoDiCE JSON or our YAML mapping and validate it against ``graph``."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise MappingError(f'{path}: cannot read: {exc.strerror or exc}') from exc
     except UnicodeDecodeError as exc:
         raise MappingError(f'{path}: not a text file') from exc
+
+
+def load_mapping(path: str | os.PathLike[str], graph: ModelGraph,
+                 layer_splits: Sequence[LayerSplit] = ()) -> Mapping:
+    """Read an AutoDiCE JSON or our YAML mapping and validate it against ``graph``; ``layer_splits``
+    (from :func:`read_layer_splits`) join the file's own within-layer entries."""
+    path = Path(path)
+    text = _read_text(path)
     if path.suffix.lower() in ('.yaml', '.yml'):
         draft = _read_yaml(path, text)
     else:
         draft = _read_json(path, text)
+    draft.layer_splits.extend(layer_splits)
     return _bind(draft, graph)
 
 
@@ -307,10 +403,11 @@ def mapping_from_cuts(cuts: Sequence[str], graph: ModelGraph, boards: Sequence[s
     return _bind(draft, graph)
 
 
-def build_mapping(partitions: Sequence[PartitionSpec], graph: ModelGraph, source: str) -> Mapping:
+def build_mapping(partitions: Sequence[PartitionSpec], graph: ModelGraph, source: str,
+                  layer_splits: Sequence[LayerSplit] = ()) -> Mapping:
     """Validate partitions given as data (node ids in ``nodes``), e.g. by the partitioner."""
     draft = _Draft(source, [_Entry(f'{source}: partition {p.name!r}', replace(p, key=p.key or p.name),
-                                   nodes=list(p.nodes)) for p in partitions])
+                                   nodes=list(p.nodes)) for p in partitions], list(layer_splits))
     return _bind(draft, graph)
 
 
@@ -357,23 +454,51 @@ def _expand(draft: _Draft, graph: ModelGraph) -> list[list[int]]:
     return result
 
 
-def _check_layer_splits(draft: _Draft, graph: ModelGraph) -> None:
-    keys = {e.spec.key for e in draft.entries}
+def _check_layer_splits(draft: _Draft, graph: ModelGraph) -> tuple[list[LayerSplit], dict[int, int]]:
+    """The within-layer entries with partition keys turned into names and checked, and which
+    entry each node of their ranges belongs to (ranges must not overlap)."""
+    by_key = {e.spec.key or e.spec.name: e.spec.name for e in draft.entries}
+    by_key.update({e.spec.name: e.spec.name for e in draft.entries})
+    splits: list[LayerSplit] = []
+    split_of: dict[int, int] = {}
     for split in draft.layer_splits:
-        where = f'{draft.source}: within-layer entry {split.node!r}'
-        _resolve(graph, split.node, where)
+        where = split.where or f'{draft.source}: within-layer entry {split.node!r}'
         if split.mode not in LAYER_SPLIT_MODES:
-            raise MappingError(f'{where}: mode {split.mode!r} is not one of {", ".join(LAYER_SPLIT_MODES)}')
-        unknown = [p for p in split.partitions if p not in keys]
+            raise MappingError(f'{where}: field \'mode\' is {split.mode!r}, not one of '
+                               f'{", ".join(LAYER_SPLIT_MODES)}')
+        first = _resolve(graph, split.node, where)
+        last = _resolve(graph, split.last, f'{where}: field \'to\'') if split.last else first
+        if last < first:
+            raise MappingError(f'{where}: field \'to\': {split.last!r} comes before {split.node!r} in '
+                               f'topological order')
+        unknown = [p for p in split.partitions if p not in by_key]
         if unknown:
-            raise MappingError(f'{where}: partition {unknown[0]!r} is not a key of the mapping')
-        raise MappingError(f'{where}: within-layer ({split.mode}) splits are not supported yet; '
-                           f'map node {split.node!r} to one partition')
+            raise MappingError(f'{where}: field \'partitions\': {unknown[0]!r} is not a partition (key) '
+                               f'of the mapping')
+        names = [by_key[p] for p in split.partitions]
+        twice = next((p for p in names if names.count(p) > 1), None)
+        if twice is not None:
+            raise MappingError(f'{where}: field \'partitions\': {twice!r} is named twice')
+        for p in range(first, last + 1):
+            if graph.constant[p]:
+                continue
+            if p in split_of:
+                other = splits[split_of[p]].node
+                raise MappingError(f'{where}: overlaps within-layer entry {other!r} at node '
+                                   f'{graph.ids[p]!r}')
+            split_of[p] = len(splits)
+        splits.append(replace(split, partitions=tuple(names), where=where))
+    return splits, split_of
 
 
 def _bind(draft: _Draft, graph: ModelGraph) -> Mapping:
-    """Resolve ids, check coverage, and cut partitions where the partition graph would cycle."""
-    _check_layer_splits(draft, graph)
+    """Resolve ids, check coverage, and cut partitions where the partition graph would cycle.
+
+    With within-layer entries the partitions come back uncut (listing every node outside the
+    entries' ranges): :func:`autodice_ros.split.within.apply` rewrites the graph, then binds again.
+    """
+    splits, split_of = _check_layer_splits(draft, graph)
+    sharing = {p for split in splits for p in split.partitions}
     names = [e.spec.name for e in draft.entries]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
@@ -381,22 +506,35 @@ def _bind(draft: _Draft, graph: ModelGraph) -> Mapping:
     owner: dict[int, int] = {}
     for index, (entry, positions) in enumerate(zip(draft.entries, _expand(draft, graph), strict=True)):
         computing = [p for p in positions if not graph.constant[p]]
-        if not computing:
+        if not computing and entry.spec.name not in sharing:
             what = 'only constant nodes' if positions else 'no nodes'
             raise MappingError(f'{entry.where}: partition {entry.spec.name!r} maps {what}')
         for p in computing:
+            if p in split_of:
+                split = splits[split_of[p]]
+                if entry.nodes is not None and entry.spec.name not in split.partitions:
+                    raise MappingError(f'{entry.where}: node {graph.ids[p]!r} belongs to within-layer '
+                                       f'entry {split.node!r}, which partitions '
+                                       f'{", ".join(split.partitions)} share; it cannot also be mapped '
+                                       f'to {entry.spec.name!r}')
+                continue
             if p in owner:
                 other = draft.entries[owner[p]].spec.name
                 place = f'twice in {other!r}' if owner[p] == index else \
                     f'twice (in {other!r} and {entry.spec.name!r})'
                 raise MappingError(f'{draft.source}: node {graph.ids[p]!r} is mapped {place}')
             owner[p] = index
-    missing = [graph.ids[p] for p in graph.compute_nodes() if p not in owner]
+    missing = [graph.ids[p] for p in graph.compute_nodes() if p not in owner and p not in split_of]
     if missing:
         more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
         raise MappingError(f'{draft.source}: node {missing[0]!r} is not mapped{more}')
+    if splits:
+        specs = tuple(replace(e.spec, nodes=tuple(graph.ids[p] for p in sorted(owner) if owner[p] == i),
+                              key=e.spec.key or e.spec.name)
+                      for i, e in enumerate(draft.entries))
+        return Mapping(specs, draft.source, tuple(splits))
     pieces = _acyclic_pieces(owner, graph)
-    return Mapping(_name_pieces(pieces, draft, graph), draft.source, tuple(draft.layer_splits))
+    return Mapping(_name_pieces(pieces, draft, graph), draft.source)
 
 
 def _compute_preds(graph: ModelGraph) -> list[set[int]]:

@@ -10,6 +10,8 @@ and copying weights into each sub-model message costs them again. Instead:
   the original ``GraphProto.initializer`` field bytes copied from the source file. Protobuf
   allows a message's fields in any order, so the result parses exactly as if serialized whole.
 - :func:`write_arrays` does the same with initializers streamed from numpy arrays (the zoo).
+  :func:`write_submodel` takes such arrays too, for initializers that are not in the source
+  file as they are (a within-layer split's slice of a weight, read through :func:`source_array`).
 
 Peak memory is a few megabytes plus one copy buffer; weights never pass through protobuf.
 """
@@ -26,7 +28,7 @@ import numpy as np
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from autodice_ros.errors import ModelError
 from autodice_ros.graph.model import KEEP_BYTES, copy_fields
@@ -277,12 +279,17 @@ def read_lean(path: str | os.PathLike[str]) -> LeanModel:
 
 @dataclass(frozen=True)
 class LazyArray:
-    """An initializer written from a numpy array made only when its turn comes (one at a time)."""
+    """An initializer written from a numpy array made only when its turn comes (one at a time).
+
+    ``blocks``, where given, yields the values as consecutive blocks along axis 0 instead, so an
+    array larger than memory should hold (a slice of a 400 MB weight) is never made whole.
+    """
 
     name: str
     dims: tuple[int, ...]
     dtype: np.dtype
     make: Callable[[], np.ndarray]
+    blocks: Callable[[], Iterator[np.ndarray]] | None = None
 
     def header(self) -> bytes:
         """TensorProto fields before raw_data, and raw_data's tag and length."""
@@ -338,14 +345,18 @@ class Written:
 
 
 def write_submodel(path: str | os.PathLike[str], model: onnx.ModelProto, source: LeanModel,
-                   initializers: Sequence[str]) -> Written:
-    """Write ``model`` (no initializers of its own) plus ``source``'s ``initializers``, verbatim."""
+                   initializers: Sequence[str], arrays: Sequence[LazyArray] = ()) -> Written:
+    """Write ``model`` (no initializers of its own) plus ``source``'s ``initializers``, verbatim,
+    plus ``arrays`` (made one at a time, written in chunks)."""
     path = Path(path)
     if source.external:
         raise ModelError(f'{source.path}: keeps weights in external data files; '
                          f'splitting such models is not supported yet')
     spans = [source.spans[name] for name in initializers]
-    prefix = _model_prefix(model, sum(s.length for s in spans))
+    headers = [a.header() for a in arrays]
+    fields = [len(h) + a.nbytes for h, a in zip(headers, arrays, strict=True)]
+    extra = sum(len(_len_field(_GRAPH_INITIALIZER, n)) + n for n in fields)
+    prefix = _model_prefix(model, sum(s.length for s in spans) + extra)
     placed: dict[str, Span] = {}
     offset = len(prefix)
     for name, span in zip(initializers, spans, strict=True):
@@ -353,6 +364,10 @@ def write_submodel(path: str | os.PathLike[str], model: onnx.ModelProto, source:
         if raw is not None:
             placed[name] = Span(offset + raw.offset - span.offset, raw.length)
         offset += span.length
+    for array, head, length in zip(arrays, headers, fields, strict=True):
+        offset += len(_len_field(_GRAPH_INITIALIZER, length)) + len(head)
+        placed[array.name] = Span(offset, array.nbytes)
+        offset += array.nbytes
     fd, size = _open(source.path)
 
     def pieces(emit: Callable[[bytes | memoryview], None]) -> None:
@@ -364,10 +379,84 @@ def write_submodel(path: str | os.PathLike[str], model: onnx.ModelProto, source:
                 if len(data) != length:
                     raise ModelError(f'{source.path}: changed while being split (now {size} bytes)')
                 emit(data)
+        for array, head, length in zip(arrays, headers, fields, strict=True):
+            emit(_len_field(_GRAPH_INITIALIZER, length) + head)
+            _emit_values(emit, array)
     try:
         return Written(path, _write_atomic(path, pieces), placed)
     finally:
         os.close(fd)
+
+
+def _emit_values(emit: Callable[[bytes | memoryview], None], array: LazyArray) -> None:
+    """``array``'s values, little-endian C order, a few MB at a time."""
+    dtype = array.dtype.newbyteorder('<')
+    if array.blocks is not None:
+        rows = 0
+        for block in array.blocks():
+            if tuple(block.shape[1:]) != array.dims[1:]:
+                raise ValueError(f'{array.name}: made a block of shape {block.shape}, promised {array.dims}')
+            rows += block.shape[0]
+            emit(np.ascontiguousarray(block, dtype=dtype).data.cast('B'))
+        if rows != array.dims[0]:
+            raise ValueError(f'{array.name}: made {rows} rows, promised {array.dims[0]}')
+        return
+    values = array.make()
+    if tuple(values.shape) != array.dims:
+        raise ValueError(f'{array.name}: made shape {values.shape}, promised {array.dims}')
+    if values.ndim == 0 or values.nbytes <= _CHUNK:
+        emit(np.ascontiguousarray(values, dtype=dtype).data.cast('B'))
+        return
+    rows = max(1, _CHUNK // max(1, values[0].nbytes))
+    for start in range(0, values.shape[0], rows):
+        emit(np.ascontiguousarray(values[start:start + rows], dtype=dtype).data.cast('B'))
+
+
+def _lean_tensor_meta(source: LeanModel, name: str) -> onnx.TensorProto:
+    lean = next((t for t in source.model.graph.initializer if t.name == name), None)
+    if lean is None:
+        raise ModelError(f'{source.path}: no initializer {name!r}')
+    return lean
+
+
+def source_blocks(source: LeanModel, name: str, index: tuple[slice, ...]) -> Iterator[np.ndarray]:
+    """``source``'s initializer ``name`` (one with raw_data) cut by ``index`` (one slice per axis,
+    step 1), read from the file a few MB of rows at a time: blocks along axis 0 of the result."""
+    lean = _lean_tensor_meta(source, name)
+    raw = source.raw[name]
+    dims = tuple(lean.dims)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(lean.data_type)).newbyteorder('<')
+    row_bytes = int(np.prod(dims[1:], dtype=np.int64)) * dtype.itemsize
+    first, stop, _ = index[0].indices(dims[0])
+    step = max(1, _CHUNK // max(1, row_bytes))
+    fd, _ = _open(source.path)
+    try:
+        for start in range(first, stop, step):
+            count = min(step, stop - start)
+            data = os.pread(fd, count * row_bytes, raw.offset + start * row_bytes)
+            if len(data) != count * row_bytes:
+                raise ModelError(f'{source.path}: changed while being split')
+            block = np.frombuffer(data, dtype=dtype).reshape((count, *dims[1:]))
+            yield block[(slice(None), *index[1:])]
+    finally:
+        os.close(fd)
+
+
+def source_array(source: LeanModel, name: str) -> np.ndarray:
+    """The values of ``source``'s initializer ``name`` without reading the whole file: raw_data
+    from its place in the file, small tensors from the lean model, others parsed from their span."""
+    lean = _lean_tensor_meta(source, name)
+    if name in source.raw:
+        return np.concatenate(list(source_blocks(source, name, (slice(None),))))
+    if name not in source.stripped:
+        return numpy_helper.to_array(lean)
+    span = source.spans[name]
+    fd, _ = _open(source.path)
+    try:
+        data = os.pread(fd, span.length, span.offset)
+    finally:
+        os.close(fd)
+    return numpy_helper.to_array(onnx.TensorProto.FromString(data[_header_length(data):]))
 
 
 def _make_external(tensor: onnx.TensorProto, written: Written, source: LeanModel) -> None:
@@ -385,7 +474,7 @@ def _make_external(tensor: onnx.TensorProto, written: Written, source: LeanModel
 
 
 def check_written(written: Written, model: onnx.ModelProto, source: LeanModel,
-                  initializers: Sequence[str]) -> None:
+                  initializers: Sequence[str], arrays: Sequence[LazyArray] = ()) -> None:
     """``onnx.checker`` full check of a file made by :func:`write_submodel`, without loading it.
 
     The checker parses a model whole (twice its size for a path). Instead it checks a twin
@@ -406,6 +495,11 @@ def check_written(written: Written, model: onnx.ModelProto, source: LeanModel,
             # the real file, at the checker's memory cost.
             onnx.checker.check_model(os.fspath(written.path), full_check=True)
             return
+    for array in arrays:
+        tensor = twin.graph.initializer.add()
+        tensor.CopyFrom(onnx.TensorProto(name=array.name, dims=array.dims,
+                                         data_type=helper.np_dtype_to_tensor_dtype(array.dtype)))
+        _make_external(tensor, written, source)
     fd, tmp = tempfile.mkstemp(prefix=f'.{written.path.stem}.', suffix='.check.onnx',
                                dir=written.path.parent)
     try:

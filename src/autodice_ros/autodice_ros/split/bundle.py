@@ -18,7 +18,7 @@ import onnx
 
 from autodice_ros.errors import SplitError
 from autodice_ros.graph.model import ModelGraph, analyze, default_opset
-from autodice_ros.graph.weights import LeanModel, check_written, read_lean, write_submodel
+from autodice_ros.graph.weights import LazyArray, LeanModel, check_written, read_lean, write_submodel
 from autodice_ros.manifest import (
     DTYPES,
     INPUT_TOPIC,
@@ -141,8 +141,19 @@ def _check_labels(labels: Path, classes: int) -> None:
 
 def write_split(lean: LeanModel, graph: ModelGraph, mapping: Mapping, out: str | os.PathLike[str],
                 force: bool = False, image: ImageOptions | None = None, labels: Path | None = None,
-                ) -> Bundle:
-    """Cut ``graph`` along ``mapping`` and write the bundle ``out`` atomically."""
+                strategy: str | None = None) -> Bundle:
+    """Cut ``graph`` along ``mapping`` and write the bundle ``out`` atomically.
+
+    Within-layer entries of ``mapping`` are applied first (:func:`autodice_ros.split.within.apply`):
+    the rewritten graph is cut, with the new weight slices written next to the copied ones.
+    ``strategy`` names the plan in the manifest (default: from the mapping's modes).
+    """
+    arrays: dict[str, LazyArray] = {}
+    if strategy is None:
+        strategy = '+'.join(sorted({s.mode for s in mapping.layer_splits})) or 'layer'
+    if mapping.layer_splits:
+        from autodice_ros.split.within import apply
+        graph, mapping, arrays = apply(lean, graph, mapping)
     subs = cut(graph, mapping)
     preprocess = _preprocess(graph, image or ImageOptions())
     postprocess, classes = _postprocess(graph, labels)
@@ -154,7 +165,7 @@ def write_split(lean: LeanModel, graph: ModelGraph, mapping: Mapping, out: str |
                           for name in graph.outputs)
     files = {sub.spec.name: f'{ros_token(sub.spec.name)}.onnx' for sub in subs}
     with staged_bundle(out, force) as tmp:
-        partitions = [_write_partition(lean, graph, sub, tmp / files[sub.spec.name], producer_part)
+        partitions = [_write_partition(lean, graph, sub, tmp / files[sub.spec.name], producer_part, arrays)
                       for sub in subs]
         if labels is not None:
             shutil.copyfile(labels, tmp / LABELS_NAME)
@@ -163,18 +174,20 @@ def write_split(lean: LeanModel, graph: ModelGraph, mapping: Mapping, out: str |
             model=ModelInfo(source.stem, str(source), sha256_file(source), default_opset(lean.model),
                             lean.model.ir_version),
             inputs=model_inputs, outputs=model_outputs, partitions=tuple(partitions),
-            preprocess=preprocess, postprocess=postprocess,
+            preprocess=preprocess, postprocess=postprocess, strategy=strategy,
             edges=derive_edges(model_inputs, partitions, model_outputs))
         write_manifest(tmp, manifest)
     return Bundle(Path(out), manifest)
 
 
 def _write_partition(lean: LeanModel, graph: ModelGraph, sub: SubModel, path: Path,
-                     producer_part: dict[str, str]) -> Partition:
+                     producer_part: dict[str, str], arrays: dict[str, LazyArray]) -> Partition:
     spec = sub.spec
-    written = write_submodel(path, sub.model, lean, sub.initializers)
+    copied = [name for name in sub.initializers if name not in arrays]
+    made = [arrays[name] for name in sub.initializers if name in arrays]
+    written = write_submodel(path, sub.model, lean, copied, made)
     try:
-        check_written(written, sub.model, lean, sub.initializers)
+        check_written(written, sub.model, lean, copied, made)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SplitError(f'{graph.where}: partition {spec.name!r} ({path.name}) fails onnx.checker: '
