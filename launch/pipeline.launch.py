@@ -27,7 +27,8 @@ def _nodes(context, *args, **kwargs):
     return [
         Node(package=spec.package, executable=spec.executable, name=spec.name,
              namespace=spec.namespace, parameters=[dict(spec.parameters)],
-             remappings=list(spec.remappings), additional_env=dict(spec.env), output='screen')
+             remappings=list(spec.remappings), additional_env=dict(spec.env), output='screen',
+             ros_arguments=['--enclave', spec.enclave] if spec.enclave else None)
         for spec in specs
     ]
 

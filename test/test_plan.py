@@ -90,3 +90,18 @@ def test_ros_arguments_keep_strings_as_strings(tmp_path: Path) -> None:
     assert any(a.startswith("bundle:='/") for a in args)
     assert 'qos.depth:=10' in args
     assert 'image:=/cam/image_raw' in args
+
+
+def test_keystore_puts_every_node_in_its_enclave_with_security_enforced(tmp_path: Path) -> None:
+    bundle = three_stage_bundle(tmp_path)
+    keystore = tmp_path / 'keystore'
+    with pytest.raises(BundleError, match='enclave /autodice/image_source'):
+        make_plan(bundle, PlanOptions(keystore=str(keystore)))
+    for name in ('image_source', 'camera_head', 'p0', 'p1', 'p2', 'tail'):
+        (keystore / 'enclaves' / 'autodice' / name).mkdir(parents=True)
+    specs = make_plan(bundle, PlanOptions(keystore=str(keystore)))
+    for spec in specs:
+        assert spec.enclave == f'/autodice/{spec.name}'
+        assert spec.ros_arguments()[-2:] == ['--enclave', spec.enclave]
+        assert spec.env['ROS_SECURITY_ENABLE'] == 'true' and spec.env['ROS_SECURITY_STRATEGY'] == 'Enforce'
+        assert spec.env['ROS_SECURITY_KEYSTORE'] == str(keystore)

@@ -98,3 +98,13 @@ def test_children_die_with_a_killed_runner(bundle: Path) -> None:
     proc.kill()
     proc.wait()
     assert wait(lambda: not [k for k in kids if alive(k)], 10.0)
+
+
+def test_security_without_fast_dds_security_fails_loudly(bundle: Path, tmp_path: Path) -> None:
+    """This machine's Fast DDS wheel has no security plugins: the runner must say so, not hang."""
+    for spec in make_plan(bundle):
+        (tmp_path / 'enclaves' / spec.namespace.strip('/') / spec.name).mkdir(parents=True)
+    result = subprocess.run([AUTODICE, 'run', str(bundle), '--keystore', str(tmp_path),
+                             '--namespace', '/autodice'], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert 'security' in (result.stdout + result.stderr).lower()

@@ -14,7 +14,7 @@ without any copy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,6 +38,7 @@ class NodeSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     remappings: tuple[tuple[str, str], ...] = ()
     package: str = PACKAGE
+    enclave: str = ''                  # SROS2 enclave (DDS security), '' = none
 
     def ros_arguments(self) -> list[str]:
         """``--ros-args`` for a plain process start (what launch_ros generates itself)."""
@@ -49,6 +50,8 @@ class NodeSpec:
             args += ['-p', f'{key}:={text}']
         for source, target in self.remappings:
             args += ['-r', f'{source}:={target}']
+        if self.enclave:
+            args += ['--enclave', self.enclave]
         return args
 
 
@@ -78,6 +81,8 @@ class PlanOptions:
                            '(false: every tensor as a TensorList over DDS)')
     in_process: bool = _opt(False, "this board's stages (all, without 'board') in one process "
                             "('stages'): no copy between them, but one crash stops them all")
+    keystore: str = _opt('', 'SROS2 keystore: DDS security on, each node in enclave <namespace>/<node> '
+                         '(needs a Fast DDS built with security); empty: off')
 
 
 def option_fields() -> list[tuple[str, type, ParamValue, str]]:
@@ -161,6 +166,22 @@ def node_env(kind: str) -> dict[str, str]:
     return env
 
 
+def secured(spec: NodeSpec, keystore: str) -> NodeSpec:
+    """``spec`` with DDS security on: SROS2 keystore, enforce, enclave ``<namespace>/<node>``.
+
+    The enclave's certificates and permissions must exist (``ros2 security create_enclave``);
+    a Fast DDS built without security refuses to start the node, which the runner reports.
+    """
+    enclave = f'{spec.namespace.rstrip("/")}/{spec.name}'
+    where = Path(keystore) / 'enclaves' / enclave.lstrip('/')
+    if not where.is_dir():
+        raise BundleError(f'keystore {keystore}: no enclave {enclave} (expected {where}; create it with '
+                          f'`ros2 security create_enclave {keystore} {enclave}`)')
+    env = {**spec.env, 'ROS_SECURITY_KEYSTORE': keystore, 'ROS_SECURITY_ENABLE': 'true',
+           'ROS_SECURITY_STRATEGY': 'Enforce'}
+    return replace(spec, env=env, enclave=enclave)
+
+
 def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> list[NodeSpec]:
     """The nodes ``options.board`` runs (all of them when no board is given)."""
     bundle = load_bundle(bundle_dir)
@@ -209,4 +230,6 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
                                   env_for(part.name)))
     if options.tail and here(tail_board):
         specs.append(NodeSpec('tail', 'tail', ns, tail_board, {'bundle': root, **tensors}, env_for('tail')))
+    if options.keystore:
+        specs = [secured(spec, options.keystore) for spec in specs]
     return specs
