@@ -2,10 +2,11 @@
 
 For users who prefer fewer processes to fault isolation (the plan's ``in_process`` option). Each
 partition runs in the same lifecycle :class:`~autodice_ros.nodes.stage.StageNode` that ``stage``
-runs, under its usual node name; they share one process and one multi-threaded executor (ONNX
-Runtime releases the GIL, so stages still overlap). Between them the transport hands the output
-arrays over directly -- no copy, no DDS -- while each stage still publishes on its topic for
-consumers elsewhere. One crash stops them all.
+runs, under its usual node name; they share one process, each spun by its own single-threaded
+executor in its own thread (ONNX Runtime releases the GIL, so stages still overlap; rclpy's
+multi-threaded executor would poll a busy stage's pending messages and burn a core). Between them
+the transport hands the output arrays over directly -- no copy, no DDS -- while each stage still
+publishes on its topic for consumers elsewhere. One crash stops them all.
 
 Parameters of the ``stages`` node: ``bundle`` and ``partitions`` (comma-separated). Every other
 parameter on the command line (``threads``, ``qos.*``, ``fast_path``, ...) reaches each stage.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,21 +58,35 @@ class StagesNode(Node):
         return True
 
 
+def _spin(executor: Any) -> None:
+    from rclpy.executors import ExternalShutdownException
+
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+
+
 def main(args: Sequence[str] | None = None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     rclpy.init(args=list(args) if args is not None else sys.argv)
     nodes: list[Any] = []
+    executors: list[Any] = []
+    threads: list[threading.Thread] = []
     try:
         container = StagesNode()
         nodes = [container, *container.stages]
         if not container.start():
             return 1
-        executor = MultiThreadedExecutor(num_threads=len(nodes))
         for node in nodes:
-            executor.add_node(node)
-        executor.spin()
+            executors.append(SingleThreadedExecutor())
+            executors[-1].add_node(node)
+        for executor in executors[1:]:
+            threads.append(threading.Thread(target=_spin, args=(executor,), daemon=True))
+            threads[-1].start()
+        executors[0].spin()        # the container here: SIGINT reaches this (the main) thread
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except AutodiceError as exc:   # bad bundle, bad parameter: one line, non-zero exit
@@ -78,6 +94,10 @@ def main(args: Sequence[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the cleanup
+        for executor in executors:
+            executor.shutdown(timeout_sec=1.0)
+        for thread in threads:
+            thread.join(timeout=2.0)
         for node in reversed(nodes):
             node.destroy_node()
         if rclpy.ok():
