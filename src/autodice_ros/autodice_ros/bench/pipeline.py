@@ -84,12 +84,15 @@ def drive(bundle_dir: Path, namespace: str, images: list[Any], window: int, fast
                 driver.wait_for(index + 1, timeout=60.0)
             latency = driver.latency_ms()
             done = len(driver.collected.outputs)
+            pids = {s.name: runner.pid(s.name) for s in specs}
+            cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
             start = time.monotonic()
             for index, image in enumerate(pipelined):
                 driver.wait_for(done + index - window + 1, timeout=60.0)
                 driver.send(image)
             driver.wait_for(len(images), timeout=120.0)
             seconds = time.monotonic() - start
+            cpu = {name: cpu_seconds(pid) - cpu_start[name] for name, pid in pids.items()}
             rss = runner.peak_rss()
             stage_names = {s.name for s in specs if s.executable in ('stage', 'stages')}
     finally:
@@ -98,7 +101,14 @@ def drive(bundle_dir: Path, namespace: str, images: list[Any], window: int, fast
     received = len(driver.collected.outputs) - done
     return {'fps': received / seconds if seconds else 0.0, 'frames': received,
             'latency_ms_p50': statistics.median(latency), 'latency_ms_p99': float(np.percentile(latency, 99)),
-            'peak_rss_bytes': rss, 'stage_rss_bytes': {n: b for n, b in rss.items() if n in stage_names}}
+            'peak_rss_bytes': rss, 'stage_rss_bytes': {n: b for n, b in rss.items() if n in stage_names},
+            'cpu_ms_per_frame': {n: c * 1e3 / max(1, received) for n, c in cpu.items()}}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (load on the machine does not inflate it)."""
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def single_bundle(bundle: Bundle, workdir: Path) -> Path:
@@ -146,6 +156,9 @@ def run(bundle_dir: Path, frames: int = 60, out: Path | None = None,
         'single_node': {'fps': single_run['fps'], 'latency_ms_p50': single_run['latency_ms_p50'],
                         'stage_peak_rss_mb': single_stage / 2**20},
         'peak_rss_mb': {n: b / 2**20 for n, b in split_run['peak_rss_bytes'].items()},
+        'cpu_ms_per_frame': split_run['cpu_ms_per_frame'],
+        'cpu_ms_per_frame_total': sum(split_run['cpu_ms_per_frame'].values()),
+        'single_node_cpu_ms_per_frame_total': sum(single_run['cpu_ms_per_frame'].values()),
         'stage_rss_over_single': {n: b / single_stage for n, b in stage_rss.items()},
         'target_rss_over_single': 1 / k + 0.1,
     }
