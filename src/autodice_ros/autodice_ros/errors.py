@@ -28,6 +28,8 @@ class BundleError(AutodiceError):
 class TensorError(AutodiceError):
     """A tensor message does not decode, or does not match what the receiver expects."""
 
+    reason = 'invalid'      # the drop counter a node files it under
+
 
 class ImageError(AutodiceError):
     """A sensor_msgs/Image cannot be turned into the model's input tensor."""
@@ -39,3 +41,5 @@ class BoardsError(AutodiceError):
 
 class FrameDroppedError(TensorError):
     """A frame was announced but is gone before it could be read (its shared-memory slot was reused)."""
+
+    reason = 'overwritten'

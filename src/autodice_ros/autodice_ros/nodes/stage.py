@@ -131,7 +131,7 @@ class StageNode(LifecycleNode):
             self.stats.drops['publish_failed'] += 1
 
     def _on_bad_message(self, topic: str, exc: TensorError) -> None:
-        self.stats.drops['invalid'] += 1
+        self.stats.drops[exc.reason] += 1
         self.get_logger().warning(f'dropped a message: {exc}')
 
     def _extra_values(self) -> dict[str, str]:

@@ -67,7 +67,7 @@ class Tail(Node):
         self.stats.frames_out += 1
 
     def _on_bad_message(self, topic: str, exc: TensorError) -> None:
-        self.stats.drops['invalid'] += 1
+        self.stats.drops[exc.reason] += 1
         self.get_logger().warning(f'dropped a message: {exc}')
 
 
