@@ -433,7 +433,9 @@ def _expand(draft: _Draft, graph: ModelGraph) -> list[list[int]]:
             result.append(listed)
             previous_end = max(listed, default=previous_end)
             continue
-        first, following = firsts[i], (explicit[i + 1], firsts[i + 1]) if i + 1 < len(firsts) else None
+        # The next partition that places nodes (one listing none only shares within-layer work).
+        later = next((j for j in range(i + 1, len(firsts)) if explicit[j] != []), None)
+        first, following = firsts[i], (explicit[later], firsts[later]) if later is not None else None
         start = first if first is not None else previous_end + 1
         if entry.last is not None:
             end = _resolve(graph, entry.last, entry.where)
