@@ -94,8 +94,11 @@ def test_a_failure_inside_the_block_removes_everything() -> None:
     with pytest.raises(RuntimeError, match='boom'), Boards(spec, instance=instance) as boards:
         spaces, groups = leftovers(instance)
         assert len(spaces) == 3 and len(groups) == 2
-        quota = Path(f'/sys/fs/cgroup/cpu/{boards.cgroup("a")}/cpu.cfs_quota_us').read_text()
-        assert int(quota) == 50_000
+        cpu = Path(f'/sys/fs/cgroup/cpu/{boards.cgroup("a")}')
+        quota, period = (int((cpu / name).read_text()) for name in ('cpu.cfs_quota_us', 'cpu.cfs_period_us'))
+        assert quota / period == 0.5
+        limit = Path(f'/sys/fs/cgroup/memory/{boards.cgroup("a")}/memory.limit_in_bytes').read_text()
+        assert int(limit) == 256 * 2**20
         sleeper = boards.spawn('b', ['sleep', '60'])
         assert sleeper.pid in boards.pids('b')
         raise RuntimeError('boom')

@@ -5,25 +5,28 @@ cgroup (CPU quota, memory limit; see :mod:`autodice_ros.boards`); each runs
 ``autodice run BUNDLE --board NAME``; a driver in the head board's namespace (outside its cgroup:
 it is the camera, not the board) replays frames from memory and records what comes out.
 
-Per configuration (split strategy x K boards x link rate):
+Per configuration (split strategy x K boards x link rate; a within-layer strategy is
+``autodice split --strategy NAME`` and runs each board's partitions in one process):
 
-* **stages alone**: each partition's median time inside its board's cgroup; the ideal throughput
-  is the slowest board (sum of its stages) or the busiest link (bytes crossing / rate),
-  whichever is lower -- AutoDiCE's pipeline model.
+* **stages alone**: each partition's median wall and CPU time inside its board's cgroup; the ideal
+  throughput is the slowest board (sum of its stages, CPU time / quota) or the busiest link
+  (bytes crossing / rate), whichever is lower -- AutoDiCE's pipeline model.
 * **sequential** frames (one in flight): end-to-end latency p50/p90/p99 and per-hop latency,
-  from the nodes' diagnostics (``age_in`` of the receiver minus ``age_out`` of the sender),
-  next to the wire time (bytes / link rate).
+  from the nodes' diagnostics after each frame (``age_in`` of the receiver minus ``age_out`` of
+  the sender), next to the wire time (bytes / link rate).
 * **peak search**: fixed-rate trials; a trial is sustained when fewer than 5 % of its frames are
   lost or later than the deadline (3 x the sequential p50, at least 1 s) and the outputs keep
   pace with the inputs (output rate >= 95 % of the input rate: a growing backlog is drops to
   come). The peak is the highest sustained rate; at it: throughput, latency, CPU seconds per
-  frame per board (``cpuacct``), bytes per frame per link (``eth0`` counters), and the energy
-  estimate (``config/energy.yaml``).
+  frame per board (``cpuacct``), bytes per frame per link (``eth0`` counters), the energy
+  estimate (``config/energy.yaml``, :mod:`autodice_ros.energy`), and how busy the whole host was
+  (near 100 %, other work took the boards' quota: the figures do not describe the boards).
 * **peak RSS** per board (sum of the VmHWM of the board's processes) and the cgroup's peak
   (``memory.max_usage_in_bytes``, page cache included).
 
-Then the memory demonstration: the whole model on one board with a memory limit (default 1 GiB)
-and the K-way split on K such boards; an OOM kill is detected from the cgroup
+Then the memory demonstration: the whole model on one board with a memory limit (default 1 GiB),
+the partitioner's K-way split, the within-layer K-way splits, and memory-aware mappings
+(:data:`DEMO_MAPPINGS`) on K such boards; an OOM kill is detected from the cgroup
 (``memory.oom_control`` oom_kill) or a board's exit status, and reported, not waited out.
 
 Targets are checked from this one run and printed as ratios. Output: JSON, a markdown table and
@@ -45,7 +48,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -64,8 +67,20 @@ from autodice_ros.errors import AutodiceError, BoardsError
 HEIGHT, WIDTH = 480, 640
 SUSTAINED_DROPS = 0.05
 KEEP_PACE = 0.95
-ENERGY_CONFIG = 'energy.yaml'
 BOARDS_CONFIG = 'boards.yaml'
+
+# Memory-aware mappings for the memory demonstration. VGG19: fc6 holds 411 MB of the 575 MB of
+# weights, and ONNX Runtime peaks at about twice a sub-model's weights while loading it, so a
+# 1 GiB board can hold fc6 alone; fc7 and fc8 go back to the first board (a back-and-forth
+# mapping, as AutoDiCE allows). Node ids: ``autodice nodes vgg19.onnx``.
+DEMO_MAPPINGS = {
+    'vgg19': """partitions:
+  - {name: front, board: board0, from: n0, to: n17}
+  - {name: middle, board: board1, from: n18, to: n37}
+  - {name: fc6, board: board2, from: n38, to: n40}
+  - {name: fc7_fc8, board: board0, from: n41, to: n45}
+""",
+}
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -101,9 +116,18 @@ def _driver(argv: Sequence[str]) -> int:
     driver = PipelineDriver(node, manifest, args.namespace, record_inputs=True)
     diagnostics: dict[str, dict[str, str]] = {}
 
+    heard: dict[str, float] = {}
+
     def on_diagnostics(msg: Any) -> None:
         for status in msg.status:
             diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+            heard[status.name] = time.monotonic()
+
+    def fresh_diagnostics(timeout: float = 3.0) -> dict[str, dict[str, str]]:
+        """Every node's values from a report sent after now (nodes report once a second)."""
+        since = time.monotonic()
+        _spin_until(driver, lambda: all(t > since for t in heard.values()), timeout)
+        return {name: dict(values) for name, values in diagnostics.items()}
 
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 50)
     images = [to_image_msg(synthetic_pattern(i, args.height, args.width), now_header('camera'))
@@ -123,15 +147,18 @@ def _driver(argv: Sequence[str]) -> int:
         sys.stdout.flush()
 
     def sequential(frames: int, timeout: float) -> dict[str, Any]:
+        """One frame in flight at a time; after each, every node's diagnostics (their ``.last``
+        values then describe that frame: see :func:`hop_latencies`)."""
         latencies: list[float] = []
+        snapshots = [fresh_diagnostics()]
         for _ in range(frames):
             key = send()
             if not _wait_key(driver, key, timeout):
                 return {'error': f'no output within {timeout:.0f} s', 'latency_ms': latencies}
             got = driver.collected.outputs[key]
             latencies.append((got.received_ns - got.sent_ns) / 1e6)
-        driver.spin_for(2.2)          # two diagnostics periods: the nodes' windows include these
-        return {'latency_ms': latencies, 'diagnostics': dict(diagnostics)}
+            snapshots.append(fresh_diagnostics())
+        return {'latency_ms': latencies, 'diagnostics': snapshots}
 
     def warmup(needed: int, interval: float, timeout: float) -> dict[str, Any]:
         """A frame every ``interval`` s until the last ``needed`` all came out (or ``timeout``).
@@ -362,12 +389,14 @@ class BenchConfig:
     model: str = 'vgg19'
     ks: tuple[int, ...] = (1, 2, 3, 4)
     links: tuple[str, ...] = ('100mbit', '1gbit', 'unshaped')
-    strategies: tuple[str, ...] = ('layer', 'within')
+    strategies: tuple[str, ...] = ('layer', 'lop', 'hybrid')
     cpu: float | None = 0.5
     memory: int | None = None            # throughput runs: no limit (the demo sets one)
     demo_memory: int | None = 2**30
     demo_ks: tuple[int, ...] = (1, 3)
     demo_model: str = 'vgg19'
+    demo_mappings: tuple[Path, ...] = ()
+    demo_strategies: tuple[str, ...] = ('lop',)     # within-layer K-way splits, if split has them
     sequential: int = 10
     trial_frames: int = 24
     trial_seconds: float = 8.0
@@ -382,42 +411,8 @@ class BenchConfig:
     def short(cls, **changes: Any) -> BenchConfig:
         """What ``make bench`` runs: well under 10 minutes on a 2-core host."""
         base = cls(ks=(1, 3), links=('1gbit', '100mbit'), strategies=('layer',), sequential=5,
-                   trial_frames=12, trial_seconds=5.0, max_trials=3, stage_repeat=3)
+                   trial_frames=12, trial_seconds=5.0, max_trials=4, stage_repeat=3, demo_strategies=())
         return replace(base, **changes)
-
-
-# == energy ====================================================================================
-
-@dataclass(frozen=True)
-class EnergyModel:
-    watts_per_core: Mapping[str, float]
-    nj_per_byte: Mapping[str, float]
-    source: str
-
-    def board_watts(self, board: str) -> float:
-        return self.watts_per_core.get(board, self.watts_per_core['default'])
-
-    def link_nj(self, rate: int | None) -> float:
-        return self.nj_per_byte.get(format_rate(rate), self.nj_per_byte['default'])
-
-
-def load_energy(path: Path | None) -> EnergyModel:
-    import yaml
-
-    path = path or config_file(ENERGY_CONFIG)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise BoardsError(f'{path}: cannot read the energy model: {exc.strerror}') from exc
-    try:
-        watts = {name: float(entry['watts_per_core']) for name, entry in data['boards'].items()}
-        nj = {name: float(entry['nj_per_byte']) for name, entry in data['links'].items()}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BoardsError(f'{path}: expected boards.<name>.watts_per_core and links.<rate>.nj_per_byte '
-                          f'(with a default entry each): {exc}') from exc
-    if 'default' not in watts or 'default' not in nj:
-        raise BoardsError(f'{path}: boards and links each need a default entry')
-    return EnergyModel(watts, nj, str(path))
 
 
 # == one configuration =========================================================================
@@ -485,9 +480,13 @@ def ideal_fps(manifest: Any, stage_ms: Mapping[str, Mapping[str, float]], link: 
             'busiest_board_ms': max(per_board.values())}
 
 
-def hop_latencies(manifest: Any, diagnostics: Mapping[str, Mapping[str, str]], namespace: str,
+def hop_latencies(manifest: Any, snapshots: Sequence[Mapping[str, Mapping[str, str]]], namespace: str,
                   link: LinkSpec) -> list[dict[str, Any]]:
-    """Per partition-graph edge: receiver's age_in p50 minus sender's age_out p50, and wire time."""
+    """Per partition-graph edge, the median over sequential frames of the receiver's ``age_in``
+    minus the sender's ``age_out`` (the nodes' ``.last`` values after each frame), and the wire
+    time of its bytes. A frame counts for an edge only when the sender published exactly one
+    frame and the receiver took at least one message since the snapshot before. A receiver that
+    joins several inputs stamps ``age_in`` when the last one arrives."""
     from autodice_ros.plan import link_boards, stage_node_name
 
     head, tail = link_boards(manifest)
@@ -498,21 +497,32 @@ def hop_latencies(manifest: Any, diagnostics: Mapping[str, Mapping[str, str]], n
     sizes = {t.name: t.nbytes for t in manifest.inputs}
     for part in manifest.partitions:
         sizes.update({t.name: t.nbytes for t in part.outputs})
+    prefix = namespace.rstrip('/')
 
-    def value(name: str, key: str) -> float | None:
-        text = diagnostics.get(f'{namespace.rstrip("/")}/{name}', {}).get(key)
+    def number(snapshot: Mapping[str, Mapping[str, str]], name: str, key: str) -> float | None:
+        text = snapshot.get(f'{prefix}/{name}', {}).get(key)
         return float(text) if text is not None else None
 
     hops = []
     for edge in manifest.edges:
-        sent = value(node[edge.source], 'age_out_ms.p50')
-        got = value(node[edge.target], 'latency_ms.p50' if edge.target == 'output' else 'age_in_ms.p50')
+        src, dst = node[edge.source], node[edge.target]
+        arrival = 'latency_ms.last' if edge.target == 'output' else 'age_in_ms.last'
+        samples = []
+        for before, after in zip(snapshots, snapshots[1:], strict=False):
+            found = [number(before, src, 'frames_out'), number(after, src, 'frames_out'),
+                     number(before, dst, 'frames_in'), number(after, dst, 'frames_in'),
+                     number(after, src, 'age_out_ms.last'), number(after, dst, arrival)]
+            if any(v is None for v in found):
+                continue
+            out0, out1, in0, in1, sent, got = cast(list[float], found)
+            if out1 - out0 == 1 and in1 > in0:
+                samples.append(got - sent)
         nbytes = sum(sizes.get(t, 0) for t in edge.tensors)
         across = board[edge.source] != board[edge.target]
-        hop = got - sent if sent is not None and got is not None else None
+        hop = statistics.median(samples) if samples else None
         wire = link.wire_seconds(nbytes) * 1e3 if across and link.rate else None
         hops.append({'edge': f'{edge.source}->{edge.target}', 'across_boards': across, 'bytes': nbytes,
-                     'hop_ms': hop, 'wire_ms': wire,
+                     'frames': len(samples), 'hop_ms': hop, 'wire_ms': wire,
                      'hop_over_wire': hop / wire if hop is not None and wire else None})
     return hops
 
@@ -542,6 +552,8 @@ class Bench:
     def __init__(self, config: BenchConfig, log: Callable[[str], None]) -> None:
         self.config = config
         self.log = log
+        from autodice_ros.energy import load_energy
+
         self.energy = load_energy(config.energy_config)
         self.workdir = config.out / 'work'
         self.logdir = config.out / 'logs'
@@ -564,23 +576,28 @@ class Bench:
             self._model[name] = path
         return self._model[name]
 
-    def bundle(self, model: str, k: int, strategy: str) -> Path:
-        """The K-way bundle of ``strategy``; within-layer strategies need ``split --strategy``."""
+    def bundle(self, model: str, label: str, how: Sequence[str]) -> Path:
+        """``autodice split MODEL <how>`` into the work dir, once (``label`` names the bundle)."""
         from autodice_ros import cli
 
         path = self.model_path(model)
-        out = self.workdir / f'{path.stem}_{strategy}_{k}'
+        out = self.workdir / f'{path.stem}_{label}'
+        if not (out / 'manifest.json').is_file():
+            self.log(f'splitting {path.name} ({" ".join(how)}) -> {out}')
+            if cli.main(['split', str(path), *how, '-o', str(out), '--force']) != 0:
+                raise BoardsError(f'autodice split {path} {" ".join(how)} failed (see above)')
+        return out
+
+    def strategy_bundle(self, model: str, k: int, strategy: str) -> Path:
+        """The K-way bundle of ``strategy``: ``layer`` is ``split --boards K``; any other name is
+        handed to ``split --strategy`` (issue 7's within-layer splitting) where that exists."""
         how = ['--boards', str(k)]
         if strategy != 'layer':
             if not split_has_strategy():
                 raise BoardsError(f'strategy {strategy!r} needs `autodice split --strategy` (issue 7); '
                                   f'this autodice has none')
             how += ['--strategy', strategy]
-        if not (out / 'manifest.json').is_file():
-            self.log(f'splitting {path.name} {strategy} K={k} -> {out}')
-            if cli.main(['split', str(path), *how, '-o', str(out), '--force']) != 0:
-                raise BoardsError(f'autodice split {path} {" ".join(how)} failed (see above)')
-        return out
+        return self.bundle(model, f'{strategy}_{k}', how)
 
     def spec(self, names: Sequence[str], memory: int | None, link: LinkSpec) -> BoardsSpec:
         from autodice_ros.boards import load_spec
@@ -601,7 +618,7 @@ class Bench:
             links = links[:1]        # one board: no board-to-board link to shape
         label = (lambda link: 'none (one board)') if k == 1 else (lambda link: format_rate(link.rate))
         try:
-            bundle = self.bundle(cfg.model, k, strategy)
+            bundle = self.strategy_bundle(cfg.model, k, strategy)
         except AutodiceError as exc:
             self.log(f'{strategy} K={k}: skipped: {exc}')
             return [Run(strategy, k, label(link), error=f'skipped: {exc}') for link in links]
@@ -616,9 +633,10 @@ class Bench:
                 stage_ms = stage_times(boards, bundle, cfg.stage_repeat)
                 for name in boards.spec.names:
                     boards.reset_peaks(name)
-                procs = boards.start_pipeline(bundle, ['--source', 'none'], stdout=logfile, stderr=logfile)
+                procs = boards.start_pipeline(bundle, ['--source', 'none', *run_args(strategy)],
+                                              stdout=logfile, stderr=logfile)
                 driver = DriverClient(start_driver(boards, bundle, logfile), board_watch(boards, procs))
-                reply = driver.request(180.0, {'cmd': 'connect', 'timeout': 150.0})
+                reply = driver.request(300.0, {'cmd': 'connect', 'timeout': 280.0})
                 if 'error' in reply:
                     raise BoardDiedError(reply['error'])
                 warm = driver.request(400.0, {'cmd': 'warmup', 'frames': 2, 'interval': 3.0,
@@ -633,14 +651,16 @@ class Bench:
                     run.ideal = ideal_fps(manifest, stage_ms, link, cfg.cpu)
                     self.log(f'{tag} link {run.link}: ideal {run.ideal["fps"]:.2f} fps; sequential latency')
                     self.measure(run, boards, driver, manifest, link)
-                rss = {b: boards.usage(b).rss_peak_bytes for b in boards.spec.names}
+                usage = {b: boards.usage(b) for b in boards.spec.names}
                 stage_pids = {b: _stage_pids(boards, b) for b in boards.spec.names}
                 for run in runs:
-                    for board, peaks in rss.items():
+                    for board, use in usage.items():
                         entry = run.per_board.setdefault(board, {})
-                        entry['rss_peak_mb'] = sum(peaks.values()) / 2**20
-                        entry['stage_rss_peak_mb'] = sum(peaks.get(p, 0) for p in stage_pids[board]) / 2**20
-                        entry['cgroup_peak_mb'] = boards.usage(board).memory_peak_bytes / 2**20
+                        entry['rss_peak_mb'] = sum(use.rss_peak_bytes.values()) / 2**20
+                        entry['rss_end_mb'] = sum(use.rss_bytes.values()) / 2**20
+                        entry['stage_rss_peak_mb'] = sum(use.rss_peak_bytes.get(p, 0)
+                                                         for p in stage_pids[board]) / 2**20
+                        entry['cgroup_peak_mb'] = use.memory_peak_bytes / 2**20
                 driver.request(30.0, {'cmd': 'quit'})
             except AutodiceError as exc:
                 self.log(f'{tag}: failed: {exc}')
@@ -662,16 +682,19 @@ class Bench:
         for _ in range(cfg.max_trials):
             frames = max(cfg.trial_frames, int(rate * cfg.trial_seconds))
             before = {b: boards.usage(b) for b in boards.spec.names}
+            host_before = host_cpu_times()
             raw = driver.request(600.0 + frames / rate * 4, {'cmd': 'rate', 'rate': rate, 'frames': frames,
                                                               'deadline': deadline, 'drain': deadline + 5.0})
             after = {b: boards.usage(b) for b in boards.spec.names}
             trial = _summarize_trial(raw)
+            trial['host_busy'] = host_busy(host_before, host_cpu_times())
             trial['boards'] = {b: {'cpu_s': after[b].cpu_seconds - before[b].cpu_seconds,
+                                   'throttled_s': after[b].throttled_seconds - before[b].throttled_seconds,
                                    'link': _link_dict(after[b].link - before[b].link)}
                                for b in boards.spec.names}
             run.trials.append(trial)
             self.log(f'  trial {rate:6.2f} fps in: {trial["fps"]:6.2f} out, drops {trial["drops"]:.0%}, '
-                     f'p50 {trial["latency_ms"]["p50"]:.0f} ms -> '
+                     f'p50 {trial["latency_ms"]["p50"]:.0f} ms, host {trial["host_busy"]:.0%} busy -> '
                      f'{"sustained" if trial["sustained"] else "not sustained"}')
             if trial['sustained']:
                 lo = trial if lo is None or rate > lo['rate'] else lo
@@ -690,7 +713,7 @@ class Bench:
         if lo is None:
             run.error = f'no sustained rate found in {len(run.trials)} trials'
             return
-        run.peak = {k: lo[k] for k in ('rate', 'fps', 'drops', 'latency_ms', 'received')}
+        run.peak = {k: lo[k] for k in ('rate', 'fps', 'drops', 'latency_ms', 'received', 'host_busy')}
         self.account(run, lo, link)
 
     def account(self, run: Run, trial: Mapping[str, Any], link: LinkSpec) -> None:
@@ -698,47 +721,75 @@ class Bench:
         cpu_j = link_j = 0.0
         for board, data in trial['boards'].items():
             cpu_s = data['cpu_s'] / frames
-            tx = data['link']['tx_bytes'] / frames
+            tx, rx = data['link']['tx_bytes'] / frames, data['link']['rx_bytes'] / frames
             entry = run.per_board.setdefault(board, {})
-            entry.update({'cpu_s_per_frame': cpu_s, 'tx_bytes_per_frame': tx,
-                          'rx_bytes_per_frame': data['link']['rx_bytes'] / frames})
+            entry.update({'cpu_s_per_frame': cpu_s, 'tx_bytes_per_frame': tx, 'rx_bytes_per_frame': rx})
             board_j = cpu_s * self.energy.board_watts(board)
-            tx_j = tx * self.energy.link_nj(link.rate) * 1e-9
-            entry['energy_j_per_frame'] = board_j + tx_j
+            # a link's nJ/byte covers both ports: half to the sender's board, half to the receiver's
+            wire_j = (tx + rx) / 2 * self.energy.link_nj(link.rate) * 1e-9
+            entry['energy_j_per_frame'] = board_j + wire_j
             cpu_j += board_j
-            link_j += tx_j
+            link_j += wire_j
         run.energy_j_per_frame = {'cpu': cpu_j, 'link': link_j, 'total': cpu_j + link_j}
+        if self.config.cpu:      # how close the busiest board ran to its quota at the peak
+            busiest = max(run.per_board, key=lambda b: run.per_board[b].get('cpu_s_per_frame', 0.0))
+            need = run.per_board[busiest]['cpu_s_per_frame']
+            run.ideal['cpu_bound_fps'] = self.config.cpu / need if need else None
+            run.ideal['busiest_board'] = busiest
 
     # -- the memory demonstration ----------------------------------------------------------------
+
+    def demo_cases(self) -> list[tuple[str, list[str], list[str]]]:
+        """(label, split arguments, run arguments) of the memory demonstration: the whole model
+        and the partitioner's K-way plans, the within-layer K-way splits of ``demo_strategies``
+        (largest K), and the memory-aware mappings (built in, and given)."""
+        cfg = self.config
+        cases: list[tuple[str, list[str], list[str]]] = [(f'layer_{k}', ['--boards', str(k)], [])
+                                                         for k in cfg.demo_ks]
+        if cfg.demo_ks and split_has_strategy():
+            k = max(cfg.demo_ks)
+            cases += [(f'{st}_{k}', ['--boards', str(k), '--strategy', st], run_args(st))
+                      for st in cfg.demo_strategies]
+        mappings = list(cfg.demo_mappings)
+        if cfg.demo_model in DEMO_MAPPINGS and cfg.demo_ks:
+            path = self.workdir / f'{cfg.demo_model}_memory_mapping.yaml'
+            path.write_text(DEMO_MAPPINGS[cfg.demo_model])
+            mappings.append(path)
+        cases += [(f'mapping_{m.stem}', ['--mapping', str(m)], []) for m in mappings]
+        return cases
 
     def memory_demo(self) -> list[dict[str, Any]]:
         from autodice_ros.manifest import load_bundle
 
         cfg = self.config
         results = []
-        for k in cfg.demo_ks:
-            entry: dict[str, Any] = {'model': cfg.demo_model, 'k': k, 'memory_limit_mib':
-                                     cfg.demo_memory / 2**20 if cfg.demo_memory else None}
+        for label, how, extra in self.demo_cases():
+            entry: dict[str, Any] = {'model': cfg.demo_model, 'split': ' '.join(how),
+                                     'memory_limit_mib': cfg.demo_memory / 2**20 if cfg.demo_memory else None}
             try:
-                bundle = self.bundle(cfg.demo_model, k, 'layer')
+                bundle = self.bundle(cfg.demo_model, label, how)
             except AutodiceError as exc:
-                entry.update(outcome='skipped', detail=str(exc))
+                entry.update(k=0, outcome='skipped', detail=str(exc))
                 results.append(entry)
                 continue
             manifest = load_bundle(bundle).manifest
+            entry['k'] = len(manifest.boards)
+            entry['partitions'] = {p.name: p.board for p in manifest.partitions}
             spec = self.spec(manifest.boards, cfg.demo_memory, LinkSpec(parse_rate('1gbit')))
-            self.log(f'memory demo: {cfg.demo_model} K={k}, {_mib(cfg.demo_memory)} per board')
+            self.log(f'memory demo: {cfg.demo_model} {entry["split"]}: {entry["k"]} board(s) of '
+                     f'{_mib(cfg.demo_memory)}')
             start = time.monotonic()
             with Boards(spec, log=self.log) as boards, \
-                    open(self.logdir / f'memory-k{k}.log', 'w') as logfile:
-                procs = boards.start_pipeline(bundle, ['--source', 'none'], stdout=logfile, stderr=logfile)
+                    open(self.logdir / f'memory-{label}.log', 'w') as logfile:
+                procs = boards.start_pipeline(bundle, ['--source', 'none', *extra], stdout=logfile,
+                                              stderr=logfile)
                 driver = DriverClient(start_driver(boards, bundle, logfile), board_watch(boards, procs))
                 try:
                     reply = driver.request(240.0, {'cmd': 'connect', 'timeout': 200.0})
                     if 'error' in reply:
                         raise BoardDiedError(reply['error'])
-                    warm = driver.request(400.0, {'cmd': 'warmup', 'frames': 1, 'interval': 5.0,
-                                                  'timeout': 300.0})
+                    warm = driver.request(700.0, {'cmd': 'warmup', 'frames': 1, 'interval': 5.0,
+                                                  'timeout': 600.0})
                     if not warm.get('ok'):
                         raise BoardDiedError(f'warm-up: {warm.get("received")} of {warm.get("sent")} '
                                              f'frames came out')
@@ -757,7 +808,7 @@ class Bench:
                                        'cgroup_peak_mib': boards.usage(b).memory_peak_bytes / 2**20,
                                        'exit': procs[b].poll()}
                                    for b in spec.names}
-            self.log(f'memory demo K={k}: {entry["outcome"]} {entry.get("detail", "")}')
+            self.log(f'memory demo {entry["split"]}: {entry["outcome"]} {entry.get("detail", "")}')
             results.append(entry)
         return results
 
@@ -773,8 +824,28 @@ def _stage_pids(boards: Boards, board: str) -> set[int]:
     return pids
 
 
+def host_cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole host from /proc/stat."""
+    fields = [int(x) for x in Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)       # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def host_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Fraction of the host's CPU time in use between two :func:`host_cpu_times` (everyone's:
+    near 1.0 the boards competed with other work and did not get their quota)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
+
+
 def _link_dict(counters: LinkCounters) -> dict[str, int]:
     return {'tx_bytes': counters.tx_bytes, 'rx_bytes': counters.rx_bytes}
+
+
+def run_args(strategy: str) -> list[str]:
+    """``autodice run`` flags per strategy: a within-layer split puts many partitions on each
+    board, so a board runs them in one process (``--in-process``), not one process each."""
+    return [] if strategy == 'layer' else ['--in-process', 'true']
 
 
 def split_has_strategy() -> bool:
@@ -834,50 +905,84 @@ def targets(runs: Sequence[Run], demo: Sequence[Mapping[str, Any]], model: str,
                 rss_rows.append((run, worst_board[0], worst_board[1].get('rss_peak_mb', 0.0) / base,
                                  1 / run.k + 0.1))
     met = all(r <= lim for _, _, r, lim in rss_rows) if rss_rows else None
-    out.append({'target': 'per-board peak RSS <= (1/K + 0.1) x single', 'limit': '1/K + 0.1',
-                'value': max((r - lim for _, _, r, lim in rss_rows), default=None), 'met': met,
+    worst_rss = max(rss_rows, key=lambda row: row[2] - row[3]) if rss_rows else None
+    out.append({'target': 'per-board peak RSS <= (1/K + 0.1) x single (largest board)',
+                'limit': round(worst_rss[3], 3) if worst_rss else '1/K + 0.1',
+                'value': worst_rss[2] if worst_rss else None, 'met': met,
                 'detail': '; '.join(f'{run.strategy} K={run.k} {run.link}: {board} {ratio:.2f} '
                                     f'(limit {lim:.2f})' for run, board, ratio, lim in rss_rows)})
     whole = next((d for d in demo if d['k'] == 1), None)
-    split = next((d for d in demo if d['k'] > 1), None)
-    shown = bool(whole and split and whole['outcome'] == 'failed' and whole.get('oom_killed')
-                 and split['outcome'] == 'ran')
+    splits = [d for d in demo if d['k'] > 1]
+    ran = [d for d in splits if d['outcome'] == 'ran']
+    shown = bool(whole and whole['outcome'] == 'failed' and whole.get('oom_killed') and ran)
     out.append({'target': 'memory limit per board: whole model fails on one board, runs split',
-                'limit': None, 'value': None, 'met': shown if whole and split else None,
-                'detail': '; '.join(f"K={d['k']}: {d['outcome']} {d.get('detail', '')}".strip()
-                                    for d in demo)})
+                'limit': None, 'value': None, 'met': shown if whole and splits else None,
+                'detail': '; '.join(f"{d['split']} on {d['k']} board(s): {d['outcome']} "
+                                    f"{d.get('detail', '')}".strip() for d in demo)})
     return out
+
+
+def best_within_layer(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Per (K, link): the within-layer strategy with the highest peak fps, next to layer-wise."""
+    best: dict[tuple[int, str], Run] = {}
+    for run in runs:
+        if run.strategy != 'layer' and run.peak and not run.error:
+            key = (run.k, run.link)
+            if key not in best or run.peak['fps'] > best[key].peak['fps']:
+                best[key] = run
+    rows = []
+    for (k, link), run in sorted(best.items()):
+        layer = _find(runs, 'layer', k, link)
+        rows.append({'k': k, 'link': link, 'strategy': run.strategy, 'fps': run.peak['fps'],
+                     'layer_fps': layer.peak['fps'] if layer and layer.peak else None})
+    return rows
 
 
 def markdown(report: Mapping[str, Any]) -> str:
     lines = [f"# autodice bench boards: {report['model']}", '',
              f"Host: {report['host']['cores']} cores, load average {report['host']['load_before']} before / "
              f"{report['host']['load_after']} after. Boards: {report['settings']['cpu']} core each. "
-             'Timings on a shared host are not representative; compare rows of one run.', '',
-             '| strategy | K | link | ideal fps | peak fps | fps/ideal | p50 ms | p90 ms | p99 ms | '
-             'worst hop/wire | max board RSS MiB | CPU s/frame | link MB/frame | energy J/frame |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             'Timings on a shared host are not representative; compare rows of one run. '
+             'Ideal: the slowest board (its stages alone, CPU time / quota) or the busiest link. '
+             'Quota-bound: the quota over the busiest board\'s CPU seconds per frame at the peak '
+             '(everything its processes do: camera head, stages, tail, DDS). Host busy: the whole '
+             'machine\'s CPU use during the peak trial; near 100 % the boards did not get their quota.', '',
+             '| strategy | K | link | ideal fps | quota-bound fps | peak fps | fps/ideal | p50 ms | p90 ms | '
+             'p99 ms | worst hop/wire | max board RSS MiB | CPU s/frame | link MB/frame | energy J/frame | '
+             'host busy |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for run in report['runs']:
         if run['error']:
-            lines.append(f"| {run['strategy']} | {run['k']} | {run['link']} | | | | | | | | | | | "
+            lines.append(f"| {run['strategy']} | {run['k']} | {run['link']} | | | | | | | | | | | | | "
                          f"{run['error'][:80]} |")
             continue
         lat = run['peak'].get('latency_ms', {})
         hops = [h['hop_over_wire'] for h in run['hops'] if h.get('hop_over_wire') is not None]
         boards = run['per_board'].values()
+        fps = run['peak'].get('fps', 0.0)
         lines.append(
             f"| {run['strategy']} | {run['k']} | {run['link']} | {run['ideal']['fps']:.2f} | "
-            f"{run['peak'].get('fps', 0):.2f} | {run['peak'].get('fps', 0) / run['ideal']['fps']:.2f} | "
+            f"{run['ideal'].get('cpu_bound_fps') or float('nan'):.2f} | {fps:.2f} | "
+            f"{fps / run['ideal']['fps']:.2f} | "
             f"{lat.get('p50', float('nan')):.0f} | {lat.get('p90', float('nan')):.0f} | "
             f"{lat.get('p99', float('nan')):.0f} | {max(hops) if hops else float('nan'):.2f} | "
             f"{max((b.get('rss_peak_mb', 0) for b in boards), default=0):.0f} | "
             f"{sum(b.get('cpu_s_per_frame', 0) for b in boards):.3f} | "
             f"{sum(b.get('tx_bytes_per_frame', 0) for b in boards) / 1e6:.2f} | "
-            f"{run['energy_j_per_frame'].get('total', float('nan')):.3f} |")
+            f"{run['energy_j_per_frame'].get('total', float('nan')):.3f} | "
+            f"{run['peak'].get('host_busy', float('nan')):.0%} |")
+    if report.get('best_within_layer'):
+        lines += ['', 'Best within-layer strategy per K and link (peak fps; layer-wise for comparison): '
+                  + '; '.join(f"K={b['k']} {b['link']}: {b['strategy']} {b['fps']:.2f}"
+                              + (f" vs layer {b['layer_fps']:.2f}" if b['layer_fps'] else '')
+                              for b in report['best_within_layer'])]
     lines += ['', '## Memory limit per board', '']
     for demo in report['memory_demo']:
-        lines.append(f"- {demo['model']} K={demo['k']}, {demo['memory_limit_mib']} MiB per board: "
-                     f"**{demo['outcome']}** {demo.get('detail', '')}")
+        peaks = ', '.join(f"{b} {v['cgroup_peak_mib']:.0f} MiB" for b, v in demo.get('boards', {}).items())
+        limit = f"{demo['memory_limit_mib']:.0f} MiB" if demo['memory_limit_mib'] else 'no memory limit'
+        lines.append(f"- {demo['model']} `split {demo['split']}` on {demo['k']} board(s) of {limit}: "
+                     f"**{demo['outcome']}** {demo.get('detail', '')}"
+                     f"{f' (cgroup peaks: {peaks})' if peaks else ''}")
     lines += ['', '## Targets', '', '| target | value | limit | met |', '|---|---|---|---|']
     for tgt in report['targets']:
         value = tgt['value']
@@ -962,6 +1067,7 @@ def run(config: BenchConfig, log: Callable[[str], None] | None = None) -> dict[s
         'runs': [run.__dict__ for run in runs],
         'memory_demo': demo,
     }
+    report['best_within_layer'] = best_within_layer(runs)
     report['targets'] = targets(runs, demo, config.model, config.target_model)
     out = config.out
     (out / 'bench-boards.json').write_text(json.dumps(report, indent=2, default=_json_default) + '\n')
@@ -996,6 +1102,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         changes['demo_ks'] = ()
     if args.demo_model:
         changes['demo_model'] = args.demo_model
+    if args.demo_mapping:
+        changes['demo_mappings'] = tuple(args.demo_mapping)
     return BenchConfig.short(**changes) if args.short else replace(BenchConfig(), **changes)
 
 
@@ -1003,12 +1111,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', default='vgg19', help='zoo model name or ONNX path (default vgg19)')
     parser.add_argument('--ks', help='comma list of board counts (default 1,2,3,4; --short: 1,3)')
     parser.add_argument('--links', help='comma list of link rates (default 100mbit,1gbit,unshaped)')
-    parser.add_argument('--strategies', help="comma list: layer, and a within-layer strategy of "
-                                             "`autodice split --strategy` (default layer,within)")
+    parser.add_argument('--strategies', help="comma list: layer and `autodice split --strategy` names "
+                                             "(lop, lip, height, width, hybrid; default layer,lop,hybrid; "
+                                             "--short: layer)")
     parser.add_argument('--cpu', help='cores per board (default 0.5)')
     parser.add_argument('--memory', help='memory limit per board for the throughput runs (default none)')
     parser.add_argument('--demo-memory', help='memory limit per board in the memory demo (default 1GiB)')
     parser.add_argument('--demo-model', help='model of the memory demo (default vgg19)')
+    parser.add_argument('--demo-mapping', type=Path, action='append', default=[],
+                        help='also run the memory demo with this mapping (repeat; vgg19 has one built in)')
     parser.add_argument('--no-demo', action='store_true', help='skip the memory demonstration')
     parser.add_argument('--config', type=Path, help='boards YAML (default: the shipped boards.yaml)')
     parser.add_argument('--energy', type=Path, help='energy model YAML (default: the shipped energy.yaml)')
