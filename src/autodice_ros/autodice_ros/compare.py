@@ -340,21 +340,25 @@ def plot(results: Sequence[StrategyFigures], title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = [r for r in results if r.boards]
-    panels = (('energy_j', 1e3, 'energy per frame, mJ (predicted)'),
-              ('weight_bytes', 1e-6, 'weights, MB'),
-              ('traffic', 1e-6, 'sent + received per frame, MB'),
-              ('time_s', 1e3, 'predicted time per frame, ms'))
+    panels = (('energy_j', 1e3, 'energy per frame, mJ (predicted)', True),
+              ('weight_bytes', 1e-6, 'weights, MB', False),
+              ('traffic', 1e-6, 'sent + received per frame, MB', True),
+              ('time_s', 1e3, 'predicted time per frame (CPU + link), ms', True))
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     width = 0.8 / max(1, max(len(r.boards) for r in shown)) if shown else 0.8
-    for ax, (key, scale, label) in zip(axes.flat, panels, strict=True):
+    for ax, (key, scale, label, log) in zip(axes.flat, panels, strict=True):
+        labelled: set[str] = set()
         for i, r in enumerate(shown):
             for k, b in enumerate(r.boards):
                 value = b.sent_bytes + b.received_bytes if key == 'traffic' else getattr(b, key)
                 ax.bar(i + k * width, value * scale, width, color=f'C{k}',
-                       label=b.board if i == 0 or k >= len(shown[0].boards) else None)
+                       label=None if b.board in labelled else b.board)
+                labelled.add(b.board)
         ax.set_xticks([i + width * (len(r.boards) - 1) / 2 for i, r in enumerate(shown)])
         ax.set_xticklabels([r.strategy for r in shown])
         ax.set_title(label)
+        if log:
+            ax.set_yscale('log')
     axes[0][0].legend(fontsize='small')
     fig.suptitle(title)
     fig.tight_layout()

@@ -402,12 +402,11 @@ class _Rewriter:
         self.emit(helper.make_node('Constant', [], [out], name=out, value=tensor), None)
         return out
 
-    def take(self, tensor: str, axis: int, start: int, stop: int, partition: str | None,
-              base: str | None = None) -> str:
+    def take(self, tensor: str, axis: int, start: int, stop: int, partition: str | None) -> str:
         """``tensor[start:stop]`` along ``axis`` (a constant tensor's slice follows its readers)."""
         key = ('slice', tensor, axis, start, stop, partition)
         if key not in self.cache:
-            stem = base or f'{tensor}__{axis}_{start}_{stop}'
+            stem = f'{tensor}__{axis}_{start}_{stop}'
             if self.opset < 10:
                 self.cache[key] = self.make('Slice', [tensor], stem, partition,
                                             {'axes': [axis], 'starts': [start], 'ends': [stop]})
