@@ -306,7 +306,6 @@ def _window(graph: ModelGraph, node: onnx.NodeProto, axis: int
 
 def _check_spatial_range(graph: ModelGraph, positions: list[int], exit_name: str, axis: int,
                          where: str) -> int:
-    produced = {n for p in positions for n in graph.nodes[p].output if n}
     for p in positions:
         node = graph.nodes[p]
         ident = graph.ids[p]
@@ -338,7 +337,6 @@ def _check_spatial_range(graph: ModelGraph, positions: list[int], exit_name: str
             if len(shape) != 4 or (not windowed and shape[axis] != out_shape[axis]):
                 raise MappingError(f'{where}: field \'mode\': {ident!r} broadcasts {name!r} of shape '
                                    f'{list(shape)} along the split axis')
-    del produced
     return graph.static_shape(exit_name)[axis]
 
 
