@@ -213,7 +213,8 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
                                              'bundle': root}
             specs.append(NodeSpec('image_source', 'image_source', ns, head_board, {**source, **qos},
                                   env_for('camera_head'), remap))
-        image_qos = {'image_qos.reliability': options.reliability, 'image_qos.depth': options.depth}
+        image_qos: dict[str, ParamValue] = {'image_qos.reliability': options.reliability,
+                                            'image_qos.depth': options.depth}
         specs.append(NodeSpec('camera_head', 'camera_head', ns, head_board,
                               {'bundle': root, **tensors, **image_qos}, env_for('camera_head'), remap))
     threads: dict[str, ParamValue] = {'threads': options.threads} if options.threads else {}
