@@ -122,7 +122,7 @@ def test_two_boards_run_a_two_way_split_equal_to_the_single_node(tmp_path: Path,
     recorded = tmp_path / 'frames.npz'
     with Boards(spec, instance=instance) as boards, open(tmp_path / 'nodes.log', 'w') as log:
         procs = boards.start_pipeline(bundle, ['--source', 'none'], stdout=log, stderr=log)
-        driver = DriverClient(start_driver(boards, bundle, log), board_watch(boards, procs))
+        driver = DriverClient(start_driver(boards, bundle, log, record=True), board_watch(boards, procs))
         assert driver.request(90.0, {'cmd': 'connect', 'timeout': 60.0}) == {'ok': True}
         assert driver.request(90.0, {'cmd': 'warmup', 'frames': 2, 'interval': 1.0, 'timeout': 60.0})['ok']
         before = boards.link_counters('board0')

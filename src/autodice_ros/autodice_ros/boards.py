@@ -756,6 +756,16 @@ def pipeline_transport(manifest: Any) -> str:
     return 'network' if len(manifest.boards) > 1 else 'board'
 
 
+def interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so ``with Boards(...)`` removes everything on
+    ``kill`` and a closed terminal as it does on Ctrl-C (call it from the main thread)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
 def run_command(bundle: Path, board: str, run_args: Sequence[str] = ()) -> list[str]:
     """``autodice run BUNDLE --board NAME`` with this interpreter (the environment is inherited)."""
     return [sys.executable, '-m', 'autodice_ros', 'run', str(Path(bundle).resolve()),

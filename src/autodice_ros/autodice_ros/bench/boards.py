@@ -100,6 +100,7 @@ def _driver(argv: Sequence[str]) -> int:
     parser.add_argument('--images', type=int, default=8, help='distinct images cycled')
     parser.add_argument('--height', type=int, default=HEIGHT)
     parser.add_argument('--width', type=int, default=WIDTH)
+    parser.add_argument('--record', action='store_true', help="also keep the head's input tensors")
     args = parser.parse_args(argv)
 
     import rclpy
@@ -113,7 +114,7 @@ def _driver(argv: Sequence[str]) -> int:
     manifest = load_bundle(args.bundle).manifest
     rclpy.init()
     node = rclpy.create_node('autodice_bench_driver')
-    driver = PipelineDriver(node, manifest, args.namespace, record_inputs=True)
+    driver = PipelineDriver(node, manifest, args.namespace, record_inputs=args.record)
     diagnostics: dict[str, dict[str, str]] = {}
 
     heard: dict[str, float] = {}
@@ -296,8 +297,9 @@ class DriverClient:
 
 
 def start_driver(boards: Boards, bundle: Path, log: IO[Any] | None = None,
-                 namespace: str = '/autodice') -> subprocess.Popen[str]:
-    """The driver process in the head board's namespace, outside its cgroup."""
+                 namespace: str = '/autodice', record: bool = False) -> subprocess.Popen[str]:
+    """The driver process in the head board's namespace, outside its cgroup (``record``: it
+    keeps the head's input tensors too, for the ``record`` command)."""
     from autodice_ros.boards import pipeline_transport
     from autodice_ros.manifest import load_bundle
     from autodice_ros.plan import link_boards, node_env
@@ -307,7 +309,7 @@ def start_driver(boards: Boards, bundle: Path, log: IO[Any] | None = None,
     env = boards.env(head)
     env.update(node_env(pipeline_transport(manifest)))
     cmd = [sys.executable, '-m', 'autodice_ros.bench.boards', 'driver', str(Path(bundle).resolve()),
-           '--namespace', namespace]
+           '--namespace', namespace, *(['--record'] if record else [])]
     return boards.spawn(head, cmd, env=env, limits=False, stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, stderr=log, text=True)
 
@@ -1016,9 +1018,10 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
         label = f'{strategy}, {link}'
         axes[0][0].plot(ks, [r['peak']['fps'] for r in rows], marker='o', label=label)
         axes[0][0].plot(ks, [r['ideal']['fps'] for r in rows], linestyle=':', color='grey')
-        axes[0][1].plot(ks, [r['peak']['latency_ms']['p50'] for r in rows], marker='o', label=f'{label} p50')
+        (p50,) = axes[0][1].plot(ks, [r['peak']['latency_ms']['p50'] for r in rows], marker='o',
+                                 label=f'{label} p50')
         axes[0][1].plot(ks, [r['peak']['latency_ms']['p99'] for r in rows], marker='x', linestyle='--',
-                        label=f'{label} p99')
+                        color=p50.get_color(), label=f'{label} p99')
         axes[1][0].plot(ks, [max(b.get('rss_peak_mb', 0) for b in r['per_board'].values()) for r in rows],
                         marker='o', label=label)
         axes[1][1].plot(ks, [r['energy_j_per_frame']['total'] for r in rows], marker='o', label=label)
@@ -1029,9 +1032,11 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
                         label='target (1/K + 0.1) x single')
     titles = [('peak fps (dotted: ideal)', 'fps'), ('latency at the peak rate', 'ms'),
               ('largest board: peak RSS', 'MiB'), ('energy estimate per frame', 'J')]
+    all_ks = sorted({r['k'] for r in runs})
     for ax, (title, unit) in zip(axes.flat, titles, strict=True):
         ax.set_title(title)
         ax.set_xlabel('boards (K)')
+        ax.set_xticks(all_ks)
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
         if ax.lines:

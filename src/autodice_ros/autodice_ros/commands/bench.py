@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
         import sys
 
         from autodice_ros.bench import boards
-        from autodice_ros.boards import check_available
+        from autodice_ros.boards import check_available, interrupt_on_termination
         check_available()
+        interrupt_on_termination()
         args.out.mkdir(parents=True, exist_ok=True)
         full = boards.run(boards.config_from_args(args))
         print(boards.markdown(full), file=sys.stderr)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from autodice_ros.boards import (
@@ -24,6 +22,7 @@ from autodice_ros.boards import (
     check_available,
     cleanup,
     config_file,
+    interrupt_on_termination,
     load_spec,
     status,
 )
@@ -79,10 +78,6 @@ def _spec(args: argparse.Namespace) -> BoardsSpec:
     return load_spec(path if path.is_file() else None, names, overrides, args.discovery)
 
 
-def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def _summary(boards: Boards) -> None:
     for name in boards.spec.names:
         use = boards.usage(name)
@@ -98,8 +93,7 @@ def _up(args: argparse.Namespace) -> int:
                           'leave out --bundle, or leave out --detach')
     spec = _spec(args)
     boards = Boards(spec, args.instance, log=lambda text: print(f'[autodice boards] {text}', flush=True))
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_on_signal)
+    interrupt_on_termination()
     if args.detach:
         boards.up()
         for name in spec.names:
