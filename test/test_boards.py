@@ -23,7 +23,18 @@ from autodice_ros.boards import (
     parse_rate,
 )
 from autodice_ros.errors import BoardsError
-from autodice_ros.manifest import load_bundle
+from autodice_ros.manifest import (
+    INPUT_TOPIC,
+    Manifest,
+    ModelInfo,
+    Partition,
+    Postprocess,
+    Preprocess,
+    TensorEntry,
+    derive_edges,
+    load_bundle,
+    partition_topic,
+)
 
 FRAMES = 8
 
@@ -77,6 +88,52 @@ def test_without_root_the_cli_refuses_in_one_line(monkeypatch: pytest.MonkeyPatc
     assert cli.main(['boards', 'up', '--board', 'a']) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'root' in err
+
+
+def _skip_link_manifest() -> Manifest:
+    """x -> p0 (board a) -> p1 (board b) -> p2 (board b) -> y, p0 also feeds p2: a join."""
+    def t(name: str, topic: str) -> TensorEntry:
+        return TensorEntry(name, 'float32', (1, 250_000), topic)      # 1 MB each
+
+    x, h0, h1, y = (t('x', INPUT_TOPIC), t('h0', partition_topic('p0')), t('h1', partition_topic('p1')),
+                    t('y', partition_topic('p2')))
+    parts = (Partition('p0', 'a', 'p0.onnx', '', (x,), (h0,)),
+             Partition('p1', 'b', 'p1.onnx', '', (h0,), (h1,)),
+             Partition('p2', 'b', 'p2.onnx', '', (h0, h1), (y,)))
+    return Manifest(ModelInfo('m', '/m.onnx', '', 13, 8), (x,), (y,), parts, Preprocess('x'),
+                    Postprocess('y'), edges=derive_edges((x,), parts, (y,)))
+
+
+def test_hops_come_from_fresh_diagnostics_and_joins_get_no_ratio() -> None:
+    from autodice_ros.bench.boards import hop_latencies, ideal_fps
+
+    manifest = _skip_link_manifest()
+
+    def snapshot(frames: int, p0_out: float, p1_in: float) -> dict[str, dict[str, str]]:
+        nodes = {'camera_head': {'frames_out': frames, 'age_out_ms.last': 1.0},
+                 'p0': {'frames_in': frames, 'frames_out': frames, 'age_in_ms.last': 2.0,
+                        'age_out_ms.last': p0_out},
+                 'p1': {'frames_in': frames, 'frames_out': frames, 'age_in_ms.last': p1_in,
+                        'age_out_ms.last': p1_in + 5},
+                 'p2': {'frames_in': 2 * frames, 'frames_out': frames, 'age_in_ms.last': p1_in + 6,
+                        'age_out_ms.last': p1_in + 9},
+                 'tail': {'frames_in': frames, 'latency_ms.last': p1_in + 10}}
+        return {f'/autodice/{n}': {k: str(v) for k, v in values.items()} for n, values in nodes.items()}
+
+    # three frames; the middle one's snapshot is stale for p0 (no new frame): it must not count
+    snaps = [snapshot(0, 0, 0), snapshot(1, 10, 19), snapshot(1, 50, 99), snapshot(2, 10, 21),
+             snapshot(3, 10, 20)]
+    hops = {h['edge']: h for h in hop_latencies(manifest, snaps, '/autodice', LinkSpec(10**9))}
+    assert hops['p0->p1']['hop_ms'] == pytest.approx(10.0) and hops['p0->p1']['frames'] == 3
+    assert hops['p0->p1']['wire_ms'] == pytest.approx(8.0)           # 1 MB at 1 Gbit/s
+    assert hops['p0->p1']['hop_over_wire'] == pytest.approx(10.0 / 8.0)
+    assert hops['p0->p2']['join'] and hops['p0->p2']['hop_over_wire'] is None
+    assert not hops['p1->p2']['across_boards'] and hops['p1->p2']['wire_ms'] is None
+    stage = {'wall_ms': {'p0': 100.0, 'p1': 50.0, 'p2': 50.0},
+             'cpu_ms': {'p0': 100.0, 'p1': 60.0, 'p2': 60.0}}
+    ideal = ideal_fps(manifest, stage, LinkSpec(10**9), cpu=0.5)
+    assert ideal['fps'] == pytest.approx(1000 / 240)                 # board b: (60 + 60) / 0.5 ms
+    assert ideal_fps(manifest, stage, LinkSpec(10**7), cpu=None)['fps'] == pytest.approx(1 / 1.6)
 
 
 @needs_netns

@@ -488,7 +488,8 @@ def hop_latencies(manifest: Any, snapshots: Sequence[Mapping[str, Mapping[str, s
     minus the sender's ``age_out`` (the nodes' ``.last`` values after each frame), and the wire
     time of its bytes. A frame counts for an edge only when the sender published exactly one
     frame and the receiver took at least one message since the snapshot before. A receiver that
-    joins several inputs stamps ``age_in`` when the last one arrives."""
+    joins several inputs stamps ``age_in`` when the last one arrives, so such an edge (``join``)
+    gets no hop/wire ratio: its time includes waiting for the other producers."""
     from autodice_ros.plan import link_boards, stage_node_name
 
     head, tail = link_boards(manifest)
@@ -505,6 +506,9 @@ def hop_latencies(manifest: Any, snapshots: Sequence[Mapping[str, Mapping[str, s
         text = snapshot.get(f'{prefix}/{name}', {}).get(key)
         return float(text) if text is not None else None
 
+    incoming: dict[str, int] = {}
+    for edge in manifest.edges:
+        incoming[edge.target] = incoming.get(edge.target, 0) + 1
     hops = []
     for edge in manifest.edges:
         src, dst = node[edge.source], node[edge.target]
@@ -523,9 +527,10 @@ def hop_latencies(manifest: Any, snapshots: Sequence[Mapping[str, Mapping[str, s
         across = board[edge.source] != board[edge.target]
         hop = statistics.median(samples) if samples else None
         wire = link.wire_seconds(nbytes) * 1e3 if across and link.rate else None
+        join = incoming[edge.target] > 1       # age_in waits for the receiver's other inputs too
         hops.append({'edge': f'{edge.source}->{edge.target}', 'across_boards': across, 'bytes': nbytes,
-                     'frames': len(samples), 'hop_ms': hop, 'wire_ms': wire,
-                     'hop_over_wire': hop / wire if hop is not None and wire else None})
+                     'frames': len(samples), 'hop_ms': hop, 'wire_ms': wire, 'join': join,
+                     'hop_over_wire': hop / wire if hop is not None and wire and not join else None})
     return hops
 
 
