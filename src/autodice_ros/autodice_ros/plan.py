@@ -156,12 +156,16 @@ def stages_node_name(board: str) -> str:
     return f'stages_{ros_token(board)}' if board else 'stages'
 
 
-def node_env(kind: str) -> dict[str, str]:
-    """Environment for one node's transport: 'board', 'network' or 'none'."""
+def node_env(kind: str, asynchronous: bool = False) -> dict[str, str]:
+    """Environment for one node's transport: 'board', 'network' or 'none'.
+
+    ``asynchronous``: publish from Fast DDS's own thread, so a slow link to another board never
+    blocks the node's callback for the wire time of a frame.
+    """
     if kind == 'none':
         return {}
     env = {PROFILE_VAR: str(profile_path(kind)), 'GLIBC_TUNABLES': MALLOC_TUNABLES}
-    if kind == 'network':
+    if asynchronous:
         env['RMW_FASTRTPS_PUBLICATION_MODE'] = 'ASYNCHRONOUS'
     return env
 
@@ -196,10 +200,14 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
     def here(board: str) -> bool:
         return not options.board or options.board == board
 
+    # Deployed over several boards, every node speaks the network profile (TCP between boards,
+    # shared memory within one): participants of the two profiles share no transport and would
+    # never connect. One machine running every partition keeps the shared-memory profile.
+    spread = bool(options.board) and len(manifest.boards) > 1
+
     def env_for(name: str) -> dict[str, str]:
-        if options.transport != 'auto':
-            return node_env(options.transport)
-        return node_env('network' if options.board and crossing.get(name) else 'board')
+        kind = options.transport if options.transport != 'auto' else 'network' if spread else 'board'
+        return node_env(kind, asynchronous=spread and crossing.get(name, False))
 
     qos: dict[str, ParamValue] = {'qos.reliability': options.reliability, 'qos.depth': options.depth}
     tensors: dict[str, ParamValue] = {**qos, 'fast_path': options.fast_path}
