@@ -278,7 +278,7 @@ class TensorPublisher:
 
         self.topic = topic
         self.failures = 0
-        self.sent: Counter[str] = Counter()       # frames by path: 'payload', 'shm', 'local'
+        self.sent: Counter[str] = Counter()   # frames by path: 'payload', 'shm', 'local'; 'nobody' matched
         self._node = node
         self._resolved = node.resolve_topic_name(topic)
         enabled, slots = fast_path_settings(node, qos.depth)
@@ -322,6 +322,7 @@ class TensorPublisher:
         from rclpy._rclpy_pybind11 import InvalidHandle
 
         ok = True
+        sent_before = self.sent.total()
         if self._fast:
             local = fastpath.LOCAL_BUS.subscribers(self._resolved)
             if local:
@@ -336,6 +337,8 @@ class TensorPublisher:
             ok = self._publish_ref(header, frame, tensors) and ok
         if self._publisher.get_subscription_count() > 0:
             ok = self._send(self._publisher, encode_list(header, frame, tensors), 'payload') and ok
+        if not self.sent.total() - sent_before:
+            self.sent['nobody'] += 1      # no reader matched on any path (DDS would drop it too)
         return ok
 
     def _send(self, publisher: Any, msg: Any, path: str) -> bool:
