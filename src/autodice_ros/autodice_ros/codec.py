@@ -285,6 +285,9 @@ class TensorPublisher:
         self._fast = enabled if fast_path is None else fast_path and enabled
         self._ring: fastpath.SlotRing | None = None
         self._refs: Any = None
+        self._ref_key: list[tuple[str, np.dtype[Any], tuple[int, ...]]] = []
+        self._layout: fastpath.Layout | None = None
+        self._ref_msg: Any = None
         if self._fast:
             fastpath.reap()
             # the descriptor topic first: subscribers take a payload-only topic for a plain publisher
@@ -353,16 +356,14 @@ class TensorPublisher:
         return True
 
     def _publish_ref(self, header: Any, frame: int, tensors: Mapping[str, Any]) -> bool:
-        from autodice_msgs.msg import TensorListRef, TensorRef
-
         assert self._ring is not None
         arrays = [(name, np.asarray(value)) for name, value in tensors.items()]
-        for name, arr in arrays:
-            dtype_code(arr.dtype)
-            if arr.ndim > MAX_RANK:
-                raise TensorError(f'tensor {name!r}: rank {arr.ndim} exceeds {MAX_RANK}')
+        key = [(name, arr.dtype, arr.shape) for name, arr in arrays]
+        if key != self._ref_key:        # a new set of tensors: lay it out and describe it, once
+            self._describe(arrays)
+            self._ref_key = key
         try:
-            written = self._ring.write(arrays)
+            written = self._ring.write(arrays, self._layout)
         except OSError as exc:     # /dev/shm full or gone: this publisher carries on without it
             self._node.get_logger().error(f'topic {self._resolved!r}: shared memory failed ({exc}); '
                                           'publishing every frame as a TensorList from now on')
@@ -372,22 +373,33 @@ class TensorPublisher:
         if written is None:        # every slot is still held by a reader
             self.failures += 1
             return False
-        msg = TensorListRef()
+        msg = self._ref_msg
         msg.header = header
         msg.frame = int(frame)
-        msg.host = fastpath.host_identity()
         msg.segment = written.segment
         msg.sequence = written.sequence
+        return self._send(self._refs, msg, 'shm')
+
+    def _describe(self, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> None:
+        """The layout of these tensors in a slot and the descriptor message naming them."""
+        from autodice_msgs.msg import TensorListRef, TensorRef
+
+        for name, arr in arrays:
+            dtype_code(arr.dtype)
+            if arr.ndim > MAX_RANK:
+                raise TensorError(f'tensor {name!r}: rank {arr.ndim} exceeds {MAX_RANK}')
+        self._layout = fastpath.layout(arrays)
         refs = []
-        for place in written.placements:
+        for place in self._layout.placements:
             ref = TensorRef()
             ref.name = place.name
             ref.dtype = DTYPE_CODES[place.dtype.name]
             ref.shape = array.array('I', place.shape)
             ref.offset = place.offset
             refs.append(ref)
-        msg.tensors = refs
-        return self._send(self._refs, msg, 'shm')
+        self._ref_msg = TensorListRef()
+        self._ref_msg.host = fastpath.host_identity()
+        self._ref_msg.tensors = refs
 
     def _stop_fast_path(self) -> None:
         if self._refs is not None:

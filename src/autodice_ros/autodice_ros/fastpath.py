@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -146,7 +146,7 @@ def own_segments(shm_dir: Path = SHM_DIR, pid: int | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one tensor went in a slot: what the descriptor tells the reader."""
+    """Where one tensor goes in a slot: what the descriptor tells the reader."""
 
     name: str
     dtype: np.dtype[Any]
@@ -154,20 +154,32 @@ class Placement:
     offset: int
 
 
-@dataclass(frozen=True)
-class Written:
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """Where each tensor of a frame goes in a slot (the same for every frame of a fixed-shape stream,
+    so publishers compute it once and slots keep their views for it)."""
+
+    placements: tuple[Placement, ...]
+    size: int
+
+
+class Written(NamedTuple):
     segment: str
     sequence: int
-    placements: tuple[Placement, ...]
+    layout: Layout
+
+    @property
+    def placements(self) -> tuple[Placement, ...]:
+        return self.layout.placements
 
 
-def layout(arrays: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> tuple[list[Placement], int]:
+def layout(arrays: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> Layout:
     """Aligned offsets of ``arrays`` in a slot's data area, and the bytes they need."""
     placements, offset = [], 0
     for name, arr in arrays:
         placements.append(Placement(name, arr.dtype.newbyteorder('<'), tuple(arr.shape), offset))
         offset += -(-arr.nbytes // ALIGN) * ALIGN
-    return placements, offset
+    return Layout(tuple(placements), offset)
 
 
 class _Segment:
@@ -188,6 +200,16 @@ class _Segment:
         self.map[:8] = MAGIC
         self.capacity = capacity
         self.sequence = 0
+        self.layout: Layout | None = None
+        self.views: list[np.ndarray[Any, Any]] = []
+
+    def views_for(self, where: Layout) -> list[np.ndarray[Any, Any]]:
+        """Writable views of this slot for a layout (kept: the next frame likely has the same)."""
+        if where is not self.layout:
+            self.views = [np.frombuffer(self.map, p.dtype, math.prod(p.shape), HEADER_SIZE + p.offset)
+                          .reshape(p.shape) for p in where.placements]
+            self.layout = where
+        return self.views
 
     def set_sequence(self, value: int) -> None:
         self.sequence = value
@@ -198,6 +220,7 @@ class _Segment:
             os.unlink(self.path)
         except FileNotFoundError:      # a reaper or a test got there first
             pass
+        self.views = []                # the mapping cannot close while views of it exist
         self.map.close()
         os.close(self.fd)
 
@@ -230,8 +253,12 @@ class SlotRing:
     def segments(self) -> list[str]:
         return [s.name for s in self._slots if s is not None]
 
-    def write(self, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> Written | None:
-        placements, need = layout(arrays)
+    def write(self, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]],
+              where: Layout | None = None) -> Written | None:
+        """``where``: the arrays' :func:`layout`, when the caller keeps it from frame to frame."""
+        if where is None:
+            where = layout(arrays)
+        need = where.size
         count = len(self._slots)
         for attempt in range(count):
             index = (self._next + attempt) % count
@@ -250,15 +277,13 @@ class SlotRing:
                 fcntl.flock(segment.fd, fcntl.LOCK_EX)
             try:
                 segment.set_sequence(segment.sequence + 1)           # odd: being written
-                for (_, arr), place in zip(arrays, placements, strict=True):
-                    dst = np.frombuffer(segment.map, place.dtype, math.prod(place.shape),
-                                        HEADER_SIZE + place.offset)
-                    np.copyto(dst.reshape(place.shape), arr)
+                for (_, arr), dst in zip(arrays, segment.views_for(where), strict=True):
+                    np.copyto(dst, arr)
                 segment.set_sequence(segment.sequence + 1)           # even: complete
             finally:
                 fcntl.flock(segment.fd, fcntl.LOCK_UN)
             self._next = index + 1
-            return Written(segment.name, segment.sequence, tuple(placements))
+            return Written(segment.name, segment.sequence, where)
         return None
 
     def close(self) -> None:
