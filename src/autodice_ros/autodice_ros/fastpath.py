@@ -19,6 +19,10 @@ their process, so a crashed reader never blocks a writer.
 Cleanup. Writers unlink their segments on ``close`` and at interpreter exit. A process killed
 outright leaves them behind: :func:`reap` (run whenever a publisher or subscriber starts, and when
 a subscriber loses a publisher) unlinks every autodice segment whose owner is dead.
+
+In-process. :data:`LOCAL_BUS` knows the fast-path publishers and subscribers of this process by
+topic; a publisher hands its (read-only) arrays straight to local subscribers, which then listen
+to no DDS topic for it but announce themselves on ``<topic>/_local`` (see :func:`side_topics`).
 """
 from __future__ import annotations
 
