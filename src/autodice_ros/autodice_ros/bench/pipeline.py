@@ -136,10 +136,11 @@ def run(bundle_dir: Path, frames: int = 60, out: Path | None = None,
     stages = stage_times_ms(bundle)
     head = head_time_ms(bundle, images)
     ideal_fps = min(1000.0 / max(stages.values()), cores * 1000.0 / (sum(stages.values()) + head))
-    split_run = drive(bundle_dir, '/bench_split', images, len(parts) + 1, fast_path, in_process)
+    split_run = drive(bundle_dir, f'/bench_split_{os.getpid()}', images, len(parts) + 1, fast_path,
+                      in_process)
     with tempfile.TemporaryDirectory(prefix='autodice-bench-') as tmp:
         single_dir = single_bundle(bundle, Path(tmp))
-        single_run = drive(single_dir, '/bench_single', images, 2, fast_path, in_process)
+        single_run = drive(single_dir, f'/bench_single_{os.getpid()}', images, 2, fast_path, in_process)
     hops = len(parts) + 1
     added = (split_run['latency_ms_p50'] - sum(stages.values()) - head) / hops
     single_stage = max(single_run['stage_rss_bytes'].values())
