@@ -11,7 +11,7 @@ def _floats(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split,pipeline,boards}')
+    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split,pipeline,boards,all}')
     hop = sub.add_parser('hop', help='one-way latency of a tensor hop between two processes')
     hop.add_argument('--sizes', type=_floats, default=[0.6, 3.2, 12.8], help='payload sizes in MB')
     hop.add_argument('--setups', default='default,shipped,fastpath,inprocess',
@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                            'CPU, RSS, bytes, energy; targets')
     from autodice_ros.bench.boards import add_arguments as add_boards_arguments
     add_boards_arguments(boards)
+    suite = sub.add_parser('all', help='every benchmark into one directory, with a summary of the targets '
+                                       '(what `make bench` runs)')
+    suite.add_argument('--short', action='store_true', help='the few-minute version')
+    suite.add_argument('-o', '--out', type=Path, default=Path('bench-results'), help='output directory')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         from autodice_ros.bench import pipeline
         report = pipeline.run(args.bundle, args.frames, args.out, args.plot, args.fast_path == 'on',
                               args.in_process)
+    elif args.bench == 'all':
+        from autodice_ros.bench import suite
+        report = suite.run_all(args.out, args.short)
+        print((args.out / 'summary.md').read_text())
     elif args.bench == 'boards':
         import sys
 
