@@ -64,3 +64,13 @@ def test_duplicates_and_unknown_topics() -> None:
     assert join.add('a', part(1, 'x')) is None and join.drops['duplicate'] == 1
     with pytest.raises(ValueError, match="'c'"):
         join.add('c', part(1, 'z'))
+
+
+def test_order_comes_from_arrival_so_rewound_stamps_still_join() -> None:
+    """A bag played again (or simulated time) rewinds stamps; the join must not call them late."""
+    join = FrameJoiner(['a', 'b'])
+    assert join.add('a', part(1, 'x', sec=500)) is None
+    assert join.add('b', part(1, 'y', sec=500)) is not None
+    assert join.add('a', part(2, 'x', sec=100)) is None
+    done = join.add('b', part(2, 'y', sec=100))
+    assert done is not None and done.frame == 2 and not join.drops

@@ -40,7 +40,8 @@ def check_against_single_node(model: Path, bundle: Path, namespace: str, crossin
     got = driver.collected
     sent = [(i.header.stamp.sec, i.header.stamp.nanosec) for i in images]
     assert got.order == sent                          # nothing lost, nothing reordered
-    assert [got.outputs[k].frame for k in sent] == list(range(FRAMES))
+    # the head numbered the driver's probe frames first, then every frame in order
+    assert [got.outputs[k].frame for k in sent] == list(range(driver.probes, driver.probes + FRAMES))
     assert not got.errors
     expected = whole_model(model, [got.inputs[k] for k in sent])
     for key, ref in zip(sent, expected, strict=True):

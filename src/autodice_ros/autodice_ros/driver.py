@@ -17,9 +17,10 @@ import numpy as np
 from autodice_ros.codec import Frame, TensorSubscriber, qos_profile
 from autodice_ros.errors import AutodiceError
 from autodice_ros.manifest import IMAGE_TOPIC, INPUT_TOPIC, OUTPUT_TOPIC, Manifest
-from autodice_ros.rosutil import links_connected, spin_until
+from autodice_ros.rosutil import links_connected, now_header, spin_until
 
 StampKey = tuple[int, int]   # (sec, nanosec) of the image: what an outsider can match on
+PROBE_FRAME_ID = '__autodice_probe__'
 
 
 @dataclass
@@ -55,6 +56,8 @@ class PipelineDriver:
         self.namespace = namespace.rstrip('/') or ''
         self.collected = Collected()
         self._sent: dict[StampKey, int] = {}
+        self._probes_out = 0
+        self.probes = 0                      # probe images the head numbered before real frames
         self._on_output = on_output
         qos = qos_profile('reliable', qos_depth)
         self._image_pub = node.create_publisher(Image, self.topic(IMAGE_TOPIC), qos)
@@ -69,6 +72,9 @@ class PipelineDriver:
     # -- callbacks ------------------------------------------------------------------------------
 
     def _output(self, topic: str, frame: Frame) -> None:
+        if frame.header.frame_id == PROBE_FRAME_ID:
+            self._probes_out += 1
+            return
         key = (int(frame.header.stamp.sec), int(frame.header.stamp.nanosec))
         tensors = {k: np.array(v) for k, v in frame.tensors.items()}
         received = Received(frame.frame, key, frame.header, tensors, time.time_ns(), self._sent.get(key, 0))
@@ -78,6 +84,8 @@ class PipelineDriver:
             self._on_output(received)
 
     def _input(self, topic: str, frame: Frame) -> None:
+        if frame.header.frame_id == PROBE_FRAME_ID:
+            return
         key = (int(frame.header.stamp.sec), int(frame.header.stamp.nanosec))
         self.collected.inputs[key] = np.array(next(iter(frame.tensors.values())))
 
@@ -92,12 +100,30 @@ class PipelineDriver:
                 and self._image_pub.get_subscription_count() >= 1
                 and node.count_publishers(self.topic(OUTPUT_TOPIC)) >= 1)
 
-    def wait_connected(self, timeout: float = 60.0, settle: float = 0.5) -> None:
-        """Block until every link of the pipeline and the driver's own topics are matched."""
+    def wait_connected(self, timeout: float = 60.0, probe_every: float = 0.5) -> None:
+        """Block until a frame has gone through the whole pipeline.
+
+        The graph showing every link is not enough: a publisher may not have matched the reader
+        the graph already lists, and its first frames would be lost. So after the graph check the
+        driver sends probe images (header.frame_id ``PROBE_FRAME_ID``, never collected) until one
+        comes out of the tail: then every link on the way has carried data.
+        """
+        deadline = time.monotonic() + timeout
         if not spin_until(self.node, self.connected, timeout):
             raise AutodiceError(f'the pipeline in {self.namespace or "/"} did not connect within '
                                 f'{timeout:.0f} s (are all boards running?)')
-        spin_until(self.node, lambda: False, settle)    # let endpoint matching catch up with the graph
+        from autodice_ros.nodes.image_source import synthetic_pattern, to_image_msg
+
+        probes = 0
+        while self._probes_out == 0:
+            if time.monotonic() > deadline:
+                raise AutodiceError(f'the pipeline in {self.namespace or "/"} is connected but '
+                                    f'{probes} probe frames never came out of the tail')
+            header = now_header(PROBE_FRAME_ID)
+            self._image_pub.publish(to_image_msg(synthetic_pattern(probes, 8, 8), header))
+            probes += 1
+            spin_until(self.node, lambda: self._probes_out > 0, probe_every, step=0.005)
+        self.probes = probes
 
     def send(self, image: Any) -> None:
         """Publish one sensor_msgs/Image (its header is kept: that is the frame's identity)."""
