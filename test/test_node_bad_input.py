@@ -1,6 +1,7 @@
 """Nodes drop bad messages with a warning naming topic and field, count them, and keep running."""
 from __future__ import annotations
 
+import array
 import subprocess
 import sys
 from collections.abc import Callable
@@ -47,6 +48,10 @@ def diagnostics_of(node: Any, name: str, until: Callable[[dict[str, str]], bool]
     return latest
 
 
+def peak_rss_mib(runner: Runner) -> float:
+    return max(runner.peak_rss().values()) / 2**20
+
+
 def test_stage_drops_bad_tensor_lists_and_keeps_working(bundle: Path) -> None:
     manifest = load_bundle(bundle).manifest
     second = manifest.partitions[1]
@@ -74,12 +79,22 @@ def test_stage_drops_bad_tensor_lists_and_keeps_working(bundle: Path) -> None:
         msg = encode_list(now_header(), 9, good)
         msg.tensors[0].data = msg.tensors[0].data[:-4]          # byte count lies about the shape
         pub._publisher.publish(msg)
-        stats = diagnostics_of(node, f'{NS}/{spec.name}', lambda v: v.get('drops.invalid') == '4')
-        assert stats.get('drops.invalid') == '4' and stats['frames_out'] == '0'
+        huge = encode_list(now_header(), 11, good)
+        huge.tensors[0].shape = array.array('I', [2**31, 2**31, 2**31, 2**31])   # 2^126 elements
+        pub._publisher.publish(huge)
+        rng_bytes = np.random.default_rng(1)
+        for size in (3, 64, 4096):                              # not even a TensorList
+            pub._publisher.publish(rng_bytes.bytes(size))
+        stats = diagnostics_of(node, f'{NS}/{spec.name}',
+                               lambda v: v.get('drops.invalid') == '5' and v.get('drops.undecodable') == '3')
+        assert stats.get('drops.invalid') == '5' and stats.get('drops.undecodable') == '3'
+        assert stats['frames_out'] == '0'
+        rss_before = peak_rss_mib(runner)
         pub.publish(now_header(), 10, good)
         assert spin_until(node, lambda: bool(outputs), timeout=20.0)
         assert outputs[0].frame == 10
         assert runner.poll() is None                              # still running
+        assert peak_rss_mib(runner) < rss_before + 64             # the lies allocated nothing big
 
 
 def test_camera_head_drops_odd_images(bundle: Path) -> None:
@@ -99,8 +114,10 @@ def test_camera_head_drops_odd_images(bundle: Path) -> None:
                Image(header=good.header, height=4, width=4, encoding='rgb8', step=12, data=b'\0' * 20)]
         for image in odd:
             pub.publish(image)
-        stats = diagnostics_of(node, f'{NS}/camera_head', lambda v: v.get('drops.invalid_image') == '3')
-        assert stats.get('drops.invalid_image') == '3'
+        pub.publish(b'\x00\x01 not an image')
+        stats = diagnostics_of(node, f'{NS}/camera_head', lambda v: v.get('drops.invalid_image') == '3'
+                               and v.get('drops.undecodable_image') == '1')
+        assert stats.get('drops.invalid_image') == '3' and stats.get('drops.undecodable_image') == '1'
         pub.publish(good)
         assert spin_until(node, lambda: bool(tensors), timeout=20.0)
         assert runner.poll() is None

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from autodice_ros import fastpath
-from autodice_ros.errors import FrameDroppedError, TensorError
+from autodice_ros.errors import FrameDroppedError, TensorError, UndecodableError
+from autodice_ros.rosutil import subscribe_decoding
 
 if TYPE_CHECKING:
     from rclpy.node import Node
@@ -486,15 +487,15 @@ class TensorSubscriber:
         from autodice_msgs.msg import TensorList
 
         if self._payload_sub is None:
-            self._payload_sub = self._node.create_subscription(TensorList, self._resolved,
-                                                               self._receive_payload, self._qos)
+            self._payload_sub = subscribe_decoding(self._node, TensorList, self._resolved,
+                                                   self._receive_payload, self._qos, self._undecodable)
 
     def _subscribe_refs(self) -> None:
         from autodice_msgs.msg import TensorListRef
 
         if self._ref_sub is None:
-            self._ref_sub = self._node.create_subscription(TensorListRef, self._shm_topic, self._receive_ref,
-                                                           self._qos)
+            self._ref_sub = subscribe_decoding(self._node, TensorListRef, self._shm_topic, self._receive_ref,
+                                               self._qos, self._undecodable)
 
     def _unsubscribe(self, *names: str) -> None:
         for name in names:
@@ -552,6 +553,9 @@ class TensorSubscriber:
                 self._unsubscribe('_ref_sub')
 
     # -- receiving ------------------------------------------------------------------------------
+
+    def _undecodable(self, exc: Exception) -> None:
+        self._on_error(self.topic, UndecodableError(f'{self._where}a message that does not deserialize: {exc}'))
 
     def _receive_payload(self, msg: Any) -> None:
         try:

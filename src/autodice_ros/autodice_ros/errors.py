@@ -43,3 +43,9 @@ class FrameDroppedError(TensorError):
     """A frame was announced but is gone before it could be read (its shared-memory slot was reused)."""
 
     reason = 'overwritten'
+
+
+class UndecodableError(TensorError):
+    """A message on a tensor topic does not even deserialize (random bytes, a truncated sequence)."""
+
+    reason = 'undecodable'

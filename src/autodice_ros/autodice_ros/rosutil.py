@@ -19,6 +19,24 @@ def now_header(frame_id: str = '') -> Any:
     return header
 
 
+def subscribe_decoding(node: Any, msg_type: Any, topic: str, callback: Callable[[Any], None], qos: Any,
+                       on_undecodable: Callable[[Exception], None]) -> Any:
+    """A subscription that deserializes in this process: a message that does not decode (random
+    bytes, a sequence longer than the message) reaches ``on_undecodable`` to be counted, where a
+    typed subscription would lose it silently inside the middleware."""
+    from rclpy.serialization import deserialize_message
+
+    def receive(raw: bytes) -> None:
+        try:
+            msg = deserialize_message(raw, msg_type)
+        except Exception as exc:  # rclpy raises RMWError (and others) for bytes that are no message
+            on_undecodable(exc)
+            return
+        callback(msg)
+
+    return node.create_subscription(msg_type, topic, receive, qos, raw=True)
+
+
 def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 

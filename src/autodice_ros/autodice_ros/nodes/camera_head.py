@@ -19,7 +19,7 @@ from autodice_ros.errors import AutodiceError, ImageError
 from autodice_ros.manifest import IMAGE_TOPIC, INPUT_TOPIC, load_bundle
 from autodice_ros.nodes.common import Diagnostics, Stats, declare, declare_qos, spin_node
 from autodice_ros.preprocess import RawImage, image_to_tensor
-from autodice_ros.rosutil import stamp_ns
+from autodice_ros.rosutil import stamp_ns, subscribe_decoding
 
 
 class CameraHead(Node):
@@ -36,8 +36,14 @@ class CameraHead(Node):
             raise AutodiceError(f'{bundle_dir}: preprocess.input {self._pre.input!r} is not a model input')
         self._input = entry
         self._publisher = TensorPublisher(self, INPUT_TOPIC, declare_qos(self))
-        self.create_subscription(Image, IMAGE_TOPIC, self._on_image, declare_qos(self, 'image_qos'))
+        subscribe_decoding(self, Image, IMAGE_TOPIC, self._on_image, declare_qos(self, 'image_qos'),
+                           self._on_undecodable)
         self._diagnostics = Diagnostics(self, self.stats, period)
+
+    def _on_undecodable(self, exc: Exception) -> None:
+        self.stats.drops['undecodable_image'] += 1
+        self.get_logger().warning(f'topic {self.resolve_topic_name(IMAGE_TOPIC)!r}: a message that '
+                                  f'does not deserialize as sensor_msgs/Image, dropped: {exc}')
 
     def _on_image(self, msg: Image) -> None:
         self.stats.frames_in += 1
