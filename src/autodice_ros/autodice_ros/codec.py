@@ -555,7 +555,8 @@ class TensorSubscriber:
     # -- receiving ------------------------------------------------------------------------------
 
     def _undecodable(self, exc: Exception) -> None:
-        self._on_error(self.topic, UndecodableError(f'{self._where}a message that does not deserialize: {exc}'))
+        error = UndecodableError(f'{self._where}a message that does not deserialize: {exc}')
+        self._on_error(self.topic, error)
 
     def _receive_payload(self, msg: Any) -> None:
         try:
