@@ -22,14 +22,14 @@ def _autodice(*args: str) -> None:
         raise RuntimeError(f'autodice {" ".join(args)} exited with {status}')
 
 
-def _model(work: Path, name: str) -> Path:
+def zoo_model(work: Path, name: str) -> Path:
     path = work / f'{name}.onnx'
     if not path.exists():
         _autodice('zoo', name, '-o', str(path))
     return path
 
 
-def _bundle(work: Path, model: Path, boards: int) -> Path:
+def split_bundle(work: Path, model: Path, boards: int) -> Path:
     out = work / f'{model.stem}_{boards}way'
     _autodice('split', str(model), '--boards', str(boards), '-o', str(out), '--force')
     return out
@@ -52,16 +52,19 @@ def run_all(out: Path, short: bool = True) -> dict[str, Any]:
     work = out / 'work'
     work.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
-    resnet = _model(work, 'resnet50')
-    vgg = _model(work, 'vgg19')
+    resnet = zoo_model(work, 'resnet50')
+    vgg = zoo_model(work, 'vgg19')
     steps: dict[str, list[str]] = {
         'hop': ['bench', 'hop', '--count', '20' if short else '30', '-o', str(out / 'hop.json')]}
     for model in (resnet, vgg):
         steps[f'split_{model.stem}'] = ['bench', 'split', str(model), '--boards', '3', '--reps',
                                         '6' if short else '15', '-o', str(out / f'split_{model.stem}.json')]
-    steps['pipeline_resnet50'] = ['bench', 'pipeline', str(_bundle(work, resnet, 3)), '--frames',
+    steps['pipeline_resnet50'] = ['bench', 'pipeline', str(split_bundle(work, resnet, 3)), '--frames',
                                   '30' if short else '60', '--plot', str(out / 'pipeline_resnet50.png'),
                                   '-o', str(out / 'pipeline_resnet50.json')]
+    squeezenet = split_bundle(work, zoo_model(work, 'squeezenet'), 3)
+    steps['faults_squeezenet'] = ['bench', 'faults', str(squeezenet), '--kills', '2' if short else '3',
+                                  '-o', str(out / 'faults_squeezenet.json')]
     for link in ('100mbit', '1gbit'):
         name = f'compare_vgg19_{link}'
         steps[name] = ['compare', str(vgg), '--boards', '3', '--link', link, '--runs', '2' if short else '5',
@@ -118,6 +121,15 @@ def summary(results: dict[str, Any], timings: dict[str, float], short: bool) -> 
         worst = max(pipe['stage_rss_over_single'].values())
         rows.append(_row('resnet50 K=3 largest stage RSS / single node', worst,
                          f"<= {pipe['target_rss_over_single']:.2f}", worst <= pipe['target_rss_over_single']))
+    faults = results.get('faults_squeezenet', {})
+    if 'resume_s' in faults:
+        resume_max = faults['resume_max_s']
+        rows.append(_row(f"squeezenet K=3 resume after a stage restart, worst of {faults['kills']} kills (s)",
+                         '-' if resume_max is None else resume_max, f"<= {faults['target_s']:g}",
+                         faults['target_met']))
+        mismatched = faults['mismatched_frames']
+        rows.append(_row('squeezenet K=3 outputs != unsplit model across restarts', mismatched, '0',
+                         mismatched == 0))
     boards = results.get('boards', {})
     for target in boards.get('targets', []):
         value = target['value'] if target['value'] is not None else '-'

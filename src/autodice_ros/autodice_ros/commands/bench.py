@@ -11,7 +11,7 @@ def _floats(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split,pipeline,boards,all}')
+    sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split,pipeline,faults,boards,all}')
     hop = sub.add_parser('hop', help='one-way latency of a tensor hop between two processes')
     hop.add_argument('--sizes', type=_floats, default=[0.6, 3.2, 12.8], help='payload sizes in MB')
     hop.add_argument('--setups', default='default,shipped,fastpath,inprocess',
@@ -33,6 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pipeline.add_argument('--in-process', action='store_true', help="all stages in one process ('stages')")
     pipeline.add_argument('--plot', type=Path, help='also draw the PNG here')
     pipeline.add_argument('-o', '--out', type=Path, help='also write the JSON here')
+    faults = sub.add_parser('faults', help='a split pipeline whose middle stage is SIGKILLed: time to '
+                                           'restart and to resume, frames lost, outputs == the unsplit model')
+    faults.add_argument('bundle', type=Path, nargs='?', help='the bundle (default: the zoo SqueezeNet '
+                                                             'split 3 ways, in a temporary directory)')
+    faults.add_argument('--kills', type=int, default=3, help='times the middle stage is killed (default 3)')
+    faults.add_argument('--rate', type=float, default=5.0, help='images per second fed in (default 5)')
+    faults.add_argument('--spacing', type=float, default=3.0,
+                        help='seconds of steady running after a resume before the next kill (default 3)')
+    faults.add_argument('-o', '--out', type=Path, help='write the JSON here (default: print it)')
     boards = sub.add_parser('boards', help='the pipeline on emulated boards (root): fps, latency, hops, '
                                            'CPU, RSS, bytes, energy; targets')
     from autodice_ros.bench.boards import add_arguments as add_boards_arguments
@@ -56,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
         from autodice_ros.bench import pipeline
         report = pipeline.run(args.bundle, args.frames, args.out, args.plot, args.fast_path == 'on',
                               args.in_process)
+    elif args.bench == 'faults':
+        from autodice_ros.bench import faults
+        report = faults.run(args.bundle, args.kills, args.rate, args.spacing, args.out)
+        if args.out is None:
+            print(json.dumps(report, indent=2))
+        print(faults.summary_line(report))
+        return 0
     elif args.bench == 'all':
         from autodice_ros.bench import suite
         report = suite.run_all(args.out, args.short)
