@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import math
+import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from autodice_ros import fastpath
-from autodice_ros.errors import FrameDroppedError, TensorError, UndecodableError
+from autodice_ros.errors import FrameDroppedError, StaleFrameError, TensorError, UndecodableError
 from autodice_ros.rosutil import subscribe_decoding
 
 if TYPE_CHECKING:
@@ -217,8 +218,14 @@ def select_arrays(tensors: Mapping[str, np.ndarray[Any, Any]], expect: Sequence[
 
 # -- transport: the one way nodes send and receive tensors --------------------------------------
 
-def qos_profile(reliability: str = 'reliable', depth: int = 10, durability: str = 'volatile') -> QoSProfile:
-    """A QoS profile from the parameter strings nodes declare ('reliable'|'best_effort', ...)."""
+def qos_profile(reliability: str = 'reliable', depth: int = 10, durability: str = 'volatile',
+                lifespan: float = 0.0) -> QoSProfile:
+    """A QoS profile from the parameter strings nodes declare ('reliable'|'best_effort', ...).
+
+    ``lifespan`` (seconds, 0 = forever) is DDS Lifespan: a frame not delivered within it (a link
+    outage, a backlog) is dropped by the middleware instead of arriving late.
+    """
+    from rclpy.duration import Duration
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     rel = {'reliable': ReliabilityPolicy.RELIABLE, 'best_effort': ReliabilityPolicy.BEST_EFFORT}
@@ -229,8 +236,13 @@ def qos_profile(reliability: str = 'reliable', depth: int = 10, durability: str 
         raise ValueError(f'qos durability {durability!r}: expected one of {sorted(dur)}')
     if depth < 1:
         raise ValueError(f'qos depth {depth}: must be at least 1')
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                      reliability=rel[reliability], durability=dur[durability])
+    if lifespan < 0:
+        raise ValueError(f'qos lifespan {lifespan}: must be 0 (forever) or positive seconds')
+    profile = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                         reliability=rel[reliability], durability=dur[durability])
+    if lifespan > 0:
+        profile.lifespan = Duration(nanoseconds=int(lifespan * 1e9))
+    return profile
 
 
 FAST_PATH_PARAM = 'fast_path'
@@ -448,6 +460,7 @@ class TensorSubscriber:
         self._on_frame = on_frame
         self._on_error = on_error
         self._where = f'topic {topic!r}: '
+        self._max_age_ns = int(qos.lifespan.nanoseconds) if qos.lifespan.nanoseconds > 0 else 0
         self._resolved = node.resolve_topic_name(topic)
         self._shm_topic, self._local_topic = fastpath.side_topics(self._resolved)
         self._payload_sub: Any = None
@@ -558,7 +571,22 @@ class TensorSubscriber:
         error = UndecodableError(f'{self._where}a message that does not deserialize: {exc}')
         self._on_error(self.topic, error)
 
-    def _receive_payload(self, msg: Any) -> None:
+    def _stale(self, msg: Any, source_ns: int) -> bool:
+        """DDS Lifespan, checked on arrival: the middleware only drops expired frames still in the
+        publisher's history, not those a link outage left in flight (or in a socket buffer)."""
+        if not self._max_age_ns or not source_ns:
+            return False
+        age_ns = time.time_ns() - source_ns
+        if age_ns <= self._max_age_ns:
+            return False
+        self._on_error(self.topic, StaleFrameError(
+            f'{self._where}frame {msg.frame} dropped: published {age_ns / 1e9:.2f} s ago, '
+            f'beyond the QoS lifespan of {self._max_age_ns / 1e9:.2f} s'))
+        return True
+
+    def _receive_payload(self, msg: Any, source_ns: int = 0) -> None:
+        if self._stale(msg, source_ns):
+            return
         try:
             frame = decode_list(msg, self._expect, where=self._where)
         except TensorError as exc:
@@ -566,8 +594,10 @@ class TensorSubscriber:
             return
         self._deliver('payload', frame)
 
-    def _receive_ref(self, msg: Any) -> None:
+    def _receive_ref(self, msg: Any, source_ns: int = 0) -> None:
         assert self._reader is not None
+        if self._stale(msg, source_ns):
+            return
         if msg.host != fastpath.host_identity():
             self._fall_back(f'a publisher is on another host ({msg.host})')
             return

@@ -49,3 +49,9 @@ class UndecodableError(TensorError):
     """A message on a tensor topic does not even deserialize (random bytes, a truncated sequence)."""
 
     reason = 'undecodable'
+
+
+class StaleFrameError(TensorError):
+    """A frame arrived later than its QoS lifespan allows (a link outage, a backlog): dropped."""
+
+    reason = 'stale'

@@ -75,6 +75,8 @@ class PlanOptions:
     reliability: str = _opt('reliable', "QoS of the image and tensor topics: 'reliable' or 'best_effort'")
     depth: int = _opt(10, 'QoS history depth of the image and tensor topics: 1 = newest frame only, '
                       'N = every frame while the backlog stays under N')
+    lifespan: float = _opt(0.0, 'seconds a published frame stays deliverable (DDS Lifespan; 0: forever): '
+                           'older frames, e.g. from a link outage, are dropped, not delivered late')
     transport: str = _opt('auto', "DDS profile: 'auto' (per link), 'board', 'network', 'none'")
     threads: int = _opt(0, "ONNX Runtime threads per stage (0: the manifest's)")
     fast_path: bool = _opt(True, 'same-board tensors through shared memory, a descriptor over DDS '
@@ -209,7 +211,8 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
         kind = options.transport if options.transport != 'auto' else 'network' if spread else 'board'
         return node_env(kind, asynchronous=spread and crossing.get(name, False))
 
-    qos: dict[str, ParamValue] = {'qos.reliability': options.reliability, 'qos.depth': options.depth}
+    qos: dict[str, ParamValue] = {'qos.reliability': options.reliability, 'qos.depth': options.depth,
+                                  'qos.lifespan': options.lifespan}
     tensors: dict[str, ParamValue] = {**qos, 'fast_path': options.fast_path}
     ns = options.namespace
     specs: list[NodeSpec] = []

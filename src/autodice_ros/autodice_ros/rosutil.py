@@ -19,20 +19,21 @@ def now_header(frame_id: str = '') -> Any:
     return header
 
 
-def subscribe_decoding(node: Any, msg_type: Any, topic: str, callback: Callable[[Any], None], qos: Any,
+def subscribe_decoding(node: Any, msg_type: Any, topic: str, callback: Callable[[Any, int], None], qos: Any,
                        on_undecodable: Callable[[Exception], None]) -> Any:
     """A subscription that deserializes in this process: a message that does not decode (random
     bytes, a sequence longer than the message) reaches ``on_undecodable`` to be counted, where a
-    typed subscription would lose it silently inside the middleware."""
+    typed subscription would lose it silently inside the middleware. ``callback`` gets the
+    message and its DDS source timestamp (ns, the publisher's wall clock; 0 if unknown)."""
     from rclpy.serialization import deserialize_message
 
-    def receive(raw: bytes) -> None:
+    def receive(raw: bytes, info: Mapping[str, Any]) -> None:
         try:
             msg = deserialize_message(raw, msg_type)
         except Exception as exc:  # rclpy raises RMWError (and others) for bytes that are no message
             on_undecodable(exc)
             return
-        callback(msg)
+        callback(msg, int(info.get('source_timestamp', 0) or 0))
 
     return node.create_subscription(msg_type, topic, receive, qos, raw=True)
 

@@ -36,8 +36,8 @@ class CameraHead(Node):
             raise AutodiceError(f'{bundle_dir}: preprocess.input {self._pre.input!r} is not a model input')
         self._input = entry
         self._publisher = TensorPublisher(self, INPUT_TOPIC, declare_qos(self))
-        subscribe_decoding(self, Image, IMAGE_TOPIC, self._on_image, declare_qos(self, 'image_qos'),
-                           self._on_undecodable)
+        subscribe_decoding(self, Image, IMAGE_TOPIC, lambda msg, _source_ns: self._on_image(msg),
+                           declare_qos(self, 'image_qos'), self._on_undecodable)
         self._diagnostics = Diagnostics(self, self.stats, period)
 
     def _on_undecodable(self, exc: Exception) -> None:

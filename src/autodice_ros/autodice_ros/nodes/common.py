@@ -26,12 +26,15 @@ def declare(node: Any, name: str, default: Any, description: str, read_only: boo
 
 
 def declare_qos(node: Any, prefix: str = 'qos', reliability: str = 'reliable', depth: int = 10) -> Any:
-    """QoS as parameters (``<prefix>.reliability``, ``<prefix>.depth``), the ROS 2 way."""
+    """QoS as parameters (``<prefix>.reliability``, ``.depth``, ``.lifespan``), the ROS 2 way."""
     rel = declare(node, f'{prefix}.reliability', reliability,
                   "'reliable' (every frame, publishers block when the reader lags) or "
                   "'best_effort' (newest frames, drops under load)")
     dep = declare(node, f'{prefix}.depth', depth, 'history depth (KEEP_LAST)')
-    return qos_profile(rel, dep)
+    life = declare(node, f'{prefix}.lifespan', 0.0,
+                   'seconds a published frame stays deliverable (DDS Lifespan; 0: forever): after a '
+                   'link outage or a backlog, older frames are dropped, never delivered late')
+    return qos_profile(rel, dep, lifespan=life)
 
 
 class Stats:
