@@ -1,6 +1,8 @@
 """Helpers for the end-to-end tests: bundles from the real CLI, a driver node in this process."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -8,9 +10,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTODICE = str(ROOT / '.venv' / 'bin' / 'autodice')
+
+
+def _netns_unavailable() -> str:
+    from autodice_ros.boards import check_available
+    from autodice_ros.errors import BoardsError
+
+    if os.geteuid() != 0:
+        return 'needs root (network namespaces, tc, cgroups)'
+    if shutil.which('ip') is None:
+        return 'needs iproute2 (`ip`)'
+    try:
+        check_available()
+    except BoardsError as exc:
+        return str(exc)
+    return ''
+
+
+needs_netns = pytest.mark.skipif(bool(_netns_unavailable()), reason=_netns_unavailable() or 'available')
 
 
 def autodice(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -3,20 +3,18 @@ frame; specs parse and refuse what the host cannot do; nothing is left behind.""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline_helpers import split, whole_model
+from pipeline_helpers import needs_netns, split, whole_model
 
 from autodice_ros import cli
 from autodice_ros.boards import (
     Boards,
     LinkSpec,
-    check_available,
     leftovers,
     load_spec,
     parse_bytes,
@@ -38,20 +36,6 @@ from autodice_ros.manifest import (
 
 FRAMES = 8
 
-
-def _unavailable() -> str:
-    if os.geteuid() != 0:
-        return 'needs root (network namespaces, tc, cgroups)'
-    if shutil.which('ip') is None:
-        return 'needs iproute2 (`ip`)'
-    try:
-        check_available()
-    except BoardsError as exc:
-        return str(exc)
-    return ''
-
-
-needs_netns = pytest.mark.skipif(bool(_unavailable()), reason=_unavailable() or 'available')
 
 
 def test_board_specs_come_from_yaml_and_flags(tmp_path: Path) -> None:

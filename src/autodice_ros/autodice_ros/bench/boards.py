@@ -93,7 +93,8 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
 # == the driver: inside the head board's namespace ==============================================
 
 def _driver(argv: Sequence[str]) -> int:
-    """Serve JSON-line commands: connect, warmup, sequential, rate, record, quit (one answer each)."""
+    """Serve JSON-line commands: connect, warmup, sequential, rate, record, diagnostics, quit (one
+    answer each)."""
     parser = argparse.ArgumentParser(prog='bench.boards driver')
     parser.add_argument('bundle')
     parser.add_argument('--namespace', default='/autodice')
@@ -216,9 +217,13 @@ def _driver(argv: Sequence[str]) -> int:
                     arrays[f'output_{index}_{name}'] = value
         np.savez(path, **arrays)
         order = [k for k in collected.order if k in set(keys)]
-        return {'sent': frames, 'received': sum(1 for k in keys if k in collected.outputs),
-                'in_order': order == [k for k in keys if k in collected.outputs],
-                'errors': collected.errors[:5]}
+        outputs = collected.outputs
+        return {'sent': frames, 'received': sum(1 for k in keys if k in outputs),
+                'in_order': order == [k for k in keys if k in outputs],
+                'errors': collected.errors[:5],
+                'stamps_ns': [k[0] * 1_000_000_000 + k[1] for k in keys],
+                'latency_ms': [(outputs[k].received_ns - outputs[k].sent_ns) / 1e6 if k in outputs else None
+                               for k in keys]}
 
     try:
         for line in sys.stdin:
@@ -241,6 +246,8 @@ def _driver(argv: Sequence[str]) -> int:
             elif cmd == 'record':
                 answer(record(int(request['frames']), float(request.get('rate', 5.0)), str(request['path']),
                               float(request.get('timeout', 60.0))))
+            elif cmd == 'diagnostics':
+                answer(fresh_diagnostics())
             elif cmd == 'quit':
                 answer({'ok': True})
                 break
