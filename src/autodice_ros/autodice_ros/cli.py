@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 from typing import NamedTuple
 
 from autodice_ros.errors import AutodiceError
@@ -73,10 +76,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f'autodice {name}', description=cmd.help)
     module.add_arguments(parser)
     ns = parser.parse_args(rest)
+    received: list[int] = []
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt   # SIGTERM unwinds like Ctrl-C: children stopped, bags closed
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if in_main else None
     try:
         return int(module.run(ns) or 0)
     except AutodiceError as exc:
         print(f'autodice {name}: error: {exc}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)

@@ -16,7 +16,7 @@ from typing import Any
 
 from autodice_ros.bags import IMAGE_TYPE, BagError, BagWriter, read_messages
 from autodice_ros.codec import encode_list
-from autodice_ros.driver import PipelineDriver
+from autodice_ros.driver import PipelineDriver, Received
 from autodice_ros.manifest import OUTPUT_TOPIC, load_bundle
 from autodice_ros.plan import PlanOptions, make_plan
 from autodice_ros.runner import Runner
@@ -80,21 +80,23 @@ def replay(bundle_dir: Path, bag: Path, out: Path, *, storage: str = 'sqlite3', 
     images = load_images(bag, topic)
     writer = BagWriter(out, storage)
     specs = make_plan(bundle_dir, PlanOptions(source='none', namespace=namespace))
+
+    def record(received: Received) -> None:     # as they come: an interrupted replay keeps them
+        writer.write(topic_out, received.received_ns,
+                     encode_list(received.header, received.frame, received.tensors))
+
     rclpy.init()
     node = rclpy.create_node('autodice_replay')
     try:
         with Runner(specs):
-            driver = PipelineDriver(node, manifest, namespace)
+            driver = PipelineDriver(node, manifest, namespace, on_output=record)
+            topic_out = driver.topic(OUTPUT_TOPIC)
             driver.wait_connected()
             started = time.monotonic()
             feed(driver, images, timing, rate, window)
             driver.wait_for(len(images), timeout)
             seconds = time.monotonic() - started
         got = driver.collected
-        for key in got.order:
-            received = got.outputs[key]
-            writer.write(driver.topic(OUTPUT_TOPIC), received.received_ns,
-                         encode_list(received.header, received.frame, received.tensors))
     finally:
         writer.close()
         node.destroy_node()
