@@ -103,3 +103,15 @@ def test_keystore_puts_every_node_in_its_enclave_with_security_enforced(tmp_path
         assert spec.ros_arguments()[-2:] == ['--enclave', spec.enclave]
         assert spec.env['ROS_SECURITY_ENABLE'] == 'true' and spec.env['ROS_SECURITY_STRATEGY'] == 'Enforce'
         assert spec.env['ROS_SECURITY_KEYSTORE'] == str(keystore)
+
+
+def test_qos_options_reach_every_link_and_the_camera_keeps_its_own_reliability(tmp_path: Path) -> None:
+    options = PlanOptions(depth=1, lifespan=0.5, image_reliability='best_effort')
+    specs = {s.name: s.parameters for s in make_plan(three_stage_bundle(tmp_path), options)}
+    for name in ('camera_head', 'p0', 'p1', 'p2', 'tail'):
+        assert specs[name]['qos.reliability'] == 'reliable' and specs[name]['qos.depth'] == 1
+        assert specs[name]['qos.lifespan'] == 0.5
+    assert specs['camera_head']['image_qos.reliability'] == 'best_effort'
+    assert specs['image_source']['qos.reliability'] == 'best_effort'
+    default = {s.name: s.parameters for s in make_plan(three_stage_bundle(tmp_path / 'd'))}
+    assert default['camera_head']['image_qos.reliability'] == 'reliable'

@@ -75,6 +75,9 @@ class PlanOptions:
     reliability: str = _opt('reliable', "QoS of the image and tensor topics: 'reliable' or 'best_effort'")
     depth: int = _opt(10, 'QoS history depth of the image and tensor topics: 1 = newest frame only, '
                       'N = every frame while the backlog stays under N')
+    image_reliability: str = _opt('', "QoS reliability of the camera topic ('' = as reliability); "
+                                  "'best_effort' for a camera driver with sensor-data QoS, which a "
+                                  "reliable subscriber never matches")
     lifespan: float = _opt(0.0, 'seconds a published frame stays deliverable (DDS Lifespan; 0: forever): '
                            'older frames, e.g. from a link outage, are dropped, not delivered late')
     transport: str = _opt('auto', "DDS profile: 'auto' (per link), 'board', 'network', 'none'")
@@ -214,6 +217,7 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
     qos: dict[str, ParamValue] = {'qos.reliability': options.reliability, 'qos.depth': options.depth,
                                   'qos.lifespan': options.lifespan}
     tensors: dict[str, ParamValue] = {**qos, 'fast_path': options.fast_path}
+    image_reliability = options.image_reliability or options.reliability
     ns = options.namespace
     specs: list[NodeSpec] = []
     if options.head and here(head_board):
@@ -222,9 +226,10 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
             folder = '' if options.source == 'synthetic' else options.source
             source: dict[str, ParamValue] = {'rate': options.rate, 'count': options.count, 'folder': folder,
                                              'bundle': root}
-            specs.append(NodeSpec('image_source', 'image_source', ns, head_board, {**source, **qos},
+            camera = {'qos.reliability': image_reliability, 'qos.depth': options.depth}
+            specs.append(NodeSpec('image_source', 'image_source', ns, head_board, {**source, **camera},
                                   env_for('camera_head'), remap))
-        image_qos: dict[str, ParamValue] = {'image_qos.reliability': options.reliability,
+        image_qos: dict[str, ParamValue] = {'image_qos.reliability': image_reliability,
                                             'image_qos.depth': options.depth}
         specs.append(NodeSpec('camera_head', 'camera_head', ns, head_board,
                               {'bundle': root, **tensors, **image_qos}, env_for('camera_head'), remap))

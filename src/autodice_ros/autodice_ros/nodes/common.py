@@ -28,8 +28,9 @@ def declare(node: Any, name: str, default: Any, description: str, read_only: boo
 def declare_qos(node: Any, prefix: str = 'qos', reliability: str = 'reliable', depth: int = 10) -> Any:
     """QoS as parameters (``<prefix>.reliability``, ``.depth``, ``.lifespan``), the ROS 2 way."""
     rel = declare(node, f'{prefix}.reliability', reliability,
-                  "'reliable' (every frame, publishers block when the reader lags) or "
-                  "'best_effort' (newest frames, drops under load)")
+                  "'reliable' (lost packets are resent; a reader lagging by more than depth "
+                  "frames still loses the oldest, the publisher never blocks) or 'best_effort' "
+                  "(nothing resent; the camera drivers' sensor-data QoS)")
     dep = declare(node, f'{prefix}.depth', depth, 'history depth (KEEP_LAST)')
     life = declare(node, f'{prefix}.lifespan', 0.0,
                    'seconds a published frame stays deliverable (DDS Lifespan; 0: forever): after a '
