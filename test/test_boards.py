@@ -120,6 +120,37 @@ def test_hops_come_from_fresh_diagnostics_and_joins_get_no_ratio() -> None:
     assert ideal_fps(manifest, stage, LinkSpec(10**7), cpu=None)['fps'] == pytest.approx(1 / 1.6)
 
 
+def test_memory_demo_flags_and_target() -> None:
+    import argparse
+
+    from autodice_ros.bench.boards import BenchConfig, add_arguments, config_from_args, markdown, targets
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    short = config_from_args(parser.parse_args(['--demo-only', '--short']))
+    assert short.strategies == () and short.demo_ks and short.demo_memory == 576 * 2**20
+    assert short.demo_reference_memory is None and BenchConfig().demo_reference_memory == 2**30
+    with pytest.raises(BoardsError, match='nothing to run'):
+        config_from_args(parser.parse_args(['--demo-only', '--no-demo']))
+    # a thrashing whole model fails the way an OOM-killed one does; the 1 GiB reference is no part
+    # of the target, and a split that ran while re-reading its weights says so
+    whole = {'model': 'vgg19', 'k': 1, 'split': '--boards 1', 'memory_limit_mib': 576.0, 'outcome': 'failed',
+             'oom_killed': False, 'thrashing': True, 'detail': 'board board0: thrashing'}
+    split = {'model': 'vgg19', 'k': 3, 'split': '--mapping m.yaml', 'memory_limit_mib': 576.0,
+             'outcome': 'ran',
+             'boards': {'board1': {'cgroup_peak_mib': 540.0, 'reread_mib_per_frame': 300.0}}}
+    reference = {'model': 'vgg19', 'k': 1, 'split': '--boards 1', 'memory_limit_mib': 1024.0,
+                 'outcome': 'ran', 'reference': True}
+    row = targets([], [reference, whole, split], 'vgg19', 'vgg19')[-1]
+    assert row['met'] is True and '1024 MiB' not in row['detail'] and 'board1 300 MiB' in row['detail']
+    assert targets([], [dict(whole, outcome='ran'), split], 'vgg19', 'vgg19')[-1]['met'] is False
+    assert targets([], [dict(whole, thrashing=False), split], 'vgg19', 'vgg19')[-1]['met'] is False
+    report = {'model': 'vgg19', 'host': {'cores': 2, 'load_before': [], 'load_after': []},
+              'settings': {'cpu': 0.5}, 'runs': [], 'memory_demo': [reference, whole, split],
+              'targets': [row], 'energy_model': ''}
+    assert '- reference: vgg19 `split --boards 1` on 1 board(s) of 1024 MiB: **ran**' in markdown(report)
+
+
 @needs_netns
 def test_delay_is_refused_where_the_kernel_has_no_netem() -> None:
     spec = load_spec(None, ['a'], {'delay_ms': 5})

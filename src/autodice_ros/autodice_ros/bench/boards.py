@@ -24,10 +24,15 @@ Per configuration (split strategy x K boards x link rate; a within-layer strateg
 * **peak RSS** per board (sum of the VmHWM of the board's processes) and the cgroup's peak
   (``memory.max_usage_in_bytes``, page cache included).
 
-Then the memory demonstration: the whole model on one board with a memory limit (default 1 GiB),
-the partitioner's K-way split, the within-layer K-way splits, and memory-aware mappings
-(:data:`DEMO_MAPPINGS`) on K such boards; an OOM kill is detected from the cgroup
-(``memory.oom_control`` oom_kill) or a board's exit status, and reported, not waited out.
+Then the memory demonstration (``--demo-only``: nothing else): the whole model on one board with
+a memory limit (default 576 MiB, see :data:`DEMO_MAPPINGS`), the partitioner's K-way split, the
+within-layer K-way splits, and memory-aware mappings on K such boards; without ``--short``, the
+whole model once more at 1 GiB for reference. Each board is charged for the weights it reads: the
+bundle is evicted from the host's page cache first (sessions map the weights from the file, and a
+cgroup v1 board pays only for the pages it brings in). A board short of memory for its weights is
+seldom OOM-killed: the kernel pages the mapped weights out and the board reads them back from the
+file (``reread_mib``, from ``memory.stat``). An OOM kill (``memory.oom_control`` oom_kill), a
+board's exit, or a board that re-read 4 x its weights (thrashing) is reported, not waited out.
 
 Targets are checked from this one run and printed as ratios. Output: JSON, a markdown table and
 PNG plots. Timings on a shared host are not representative: compare within one run.
@@ -66,19 +71,30 @@ from autodice_ros.errors import AutodiceError, BoardsError
 
 HEIGHT, WIDTH = 480, 640
 SUSTAINED_DROPS = 0.05
+THRASH_FACTOR = 4      # memory demo: a board that re-read 4 x its weights (at least THRASH_MIN bytes)
+THRASH_MIN = 2**30     # from the file is thrashing: stopped and reported
 KEEP_PACE = 0.95
 BOARDS_CONFIG = 'boards.yaml'
 
 # Memory-aware mappings for the memory demonstration. VGG19: fc6 holds 411 MB of the 575 MB of
-# weights, and ONNX Runtime peaks at about twice a sub-model's weights while loading it, so a
-# 1 GiB board can hold fc6 alone; fc7 and fc8 go back to the first board (a back-and-forth
-# mapping, as AutoDiCE allows). Node ids: ``autodice nodes vgg19.onnx``.
+# weights. Sessions map the weights from the file (lean loading), so a board short of memory
+# pages them out and reads them back every frame rather than being OOM-killed for them; what
+# cannot be paged out is the processes (camera head + tail + `autodice run` ~130 MiB, a stage
+# 135-340 MiB: activations, ONNX Runtime's buffers) and DDS shared memory (~220 MiB with the
+# one-board profile). Measured here (cgroup peaks; a frame in, then three): the whole model on one
+# board peaks at 1091 MiB unlimited (anon 315, weights 548, shm 222); at 1 GiB it runs at its limit
+# (re-reading 0.5-3.3 GiB over the demo); at 576 MiB it thrashes (stopped at 4 x its weights
+# re-read, ~20 s; left alone once OOM-killed, once 3.5 x slower re-reading 16.8 GiB); at 512-544
+# MiB it is OOM-killed. The partitioner's 3-way plan puts fc6-fc8 (494 MB) and the tail on one
+# board, which thrashes at 576-640 MiB. This mapping gives fc6 a board of its own, with neither
+# camera head nor tail: at 576 MiB (7 runs) the boards peak at 508-576, 540 and 350 MiB with
+# nothing re-read; at 512 MiB the fc6 board re-reads fc6 every frame. Node ids: ``autodice nodes
+# vgg19.onnx``.
 DEMO_MAPPINGS = {
     'vgg19': """partitions:
-  - {name: front, board: board0, from: n0, to: n17}
-  - {name: middle, board: board1, from: n18, to: n37}
-  - {name: fc6, board: board2, from: n38, to: n40}
-  - {name: fc7_fc8, board: board0, from: n41, to: n45}
+  - {name: convs, board: board0, from: n0, to: n37}
+  - {name: fc6, board: board1, from: n38, to: n40}
+  - {name: fc7_fc8, board: board2, from: n41, to: n45}
 """,
 }
 
@@ -321,6 +337,30 @@ def start_driver(boards: Boards, bundle: Path, log: IO[Any] | None = None,
                         stdout=subprocess.PIPE, stderr=log, text=True)
 
 
+def thrash_watch(boards: Boards, weights: Mapping[str, int],
+                 check: Callable[[], str | None]) -> Callable[[], str | None]:
+    """``check``, then: the first board that re-read :data:`THRASH_FACTOR` x its weights (and at
+    least :data:`THRASH_MIN`) from the file -- mapped weights pushed out by its memory limit and
+    read back -- so a board that only pages its weights in and out is reported, not waited out.
+    On this host the file comes from the host's disk cache; from a board's SD card or eMMC each
+    re-read costs far more.
+    """
+    page = os.sysconf('SC_PAGE_SIZE')
+
+    def thrashing() -> str | None:
+        failure = check()
+        if failure:
+            return failure
+        for board, size in weights.items():
+            reread = memory_stat(boards, board).get('total_workingset_refault_file', 0) * page
+            if size and reread > max(THRASH_FACTOR * size, THRASH_MIN):
+                return (f'board {board}: thrashing at its memory limit '
+                        f'({_mib(boards.spec.board(board).memory)}): re-read {reread / 2**30:.1f} GiB of '
+                        f'weights from the file ({reread / size:.0f} x its {size / 2**20:.0f} MiB)')
+        return None
+    return thrashing
+
+
 def board_watch(boards: Boards, procs: Mapping[str, subprocess.Popen[Any]]) -> Callable[[], str | None]:
     """A check that names the first board whose pipeline died, and whether it was OOM-killed."""
     def check() -> str | None:
@@ -401,7 +441,8 @@ class BenchConfig:
     strategies: tuple[str, ...] = ('layer', 'lop', 'hybrid')
     cpu: float | None = 0.5
     memory: int | None = None            # throughput runs: no limit (the demo sets one)
-    demo_memory: int | None = 2**30
+    demo_memory: int | None = 576 * 2**20      # see DEMO_MAPPINGS for why this limit
+    demo_reference_memory: int | None = 2**30  # the whole model once more, at this limit
     demo_ks: tuple[int, ...] = (1, 3)
     demo_model: str = 'vgg19'
     demo_mappings: tuple[Path, ...] = ()
@@ -420,7 +461,8 @@ class BenchConfig:
     def short(cls, **changes: Any) -> BenchConfig:
         """What ``make bench`` runs: well under 10 minutes on a 2-core host."""
         base = cls(ks=(1, 3), links=('1gbit', '100mbit'), strategies=('layer',), sequential=5,
-                   trial_frames=12, trial_seconds=5.0, max_trials=4, stage_repeat=3, demo_strategies=())
+                   trial_frames=12, trial_seconds=5.0, max_trials=4, stage_repeat=3, demo_strategies=(),
+                   demo_reference_memory=None)
         return replace(base, **changes)
 
 
@@ -562,6 +604,18 @@ def _summarize_trial(trial: dict[str, Any]) -> dict[str, Any]:
     return trial
 
 
+@dataclass(frozen=True)
+class DemoCase:
+    """One run of the memory demonstration."""
+
+    label: str                      # names the bundle in the work dir
+    how: list[str]                  # ``autodice split`` arguments
+    run_args: list[str]             # ``autodice run`` arguments
+    memory: int | None              # the limit per board
+    source: Path | None = None      # a mapping file: re-split when it changes
+    reference: bool = False         # shown for comparison, not part of the target
+
+
 class Bench:
     def __init__(self, config: BenchConfig, log: Callable[[str], None]) -> None:
         self.config = config
@@ -590,13 +644,16 @@ class Bench:
             self._model[name] = path
         return self._model[name]
 
-    def bundle(self, model: str, label: str, how: Sequence[str]) -> Path:
-        """``autodice split MODEL <how>`` into the work dir, once (``label`` names the bundle)."""
+    def bundle(self, model: str, label: str, how: Sequence[str], source: Path | None = None) -> Path:
+        """``autodice split MODEL <how>`` into the work dir, once (``label`` names the bundle), and
+        again when ``source`` (a mapping file) is newer than the bundle."""
         from autodice_ros import cli
 
         path = self.model_path(model)
         out = self.workdir / f'{path.stem}_{label}'
-        if not (out / 'manifest.json').is_file():
+        manifest = out / 'manifest.json'
+        if not manifest.is_file() or (source is not None
+                                      and source.stat().st_mtime > manifest.stat().st_mtime):
             self.log(f'splitting {path.name} ({" ".join(how)}) -> {out}')
             if cli.main(['split', str(path), *how, '-o', str(out), '--force']) != 0:
                 raise BoardsError(f'autodice split {path} {" ".join(how)} failed (see above)')
@@ -753,23 +810,28 @@ class Bench:
 
     # -- the memory demonstration ----------------------------------------------------------------
 
-    def demo_cases(self) -> list[tuple[str, list[str], list[str]]]:
-        """(label, split arguments, run arguments) of the memory demonstration: the whole model
-        and the partitioner's K-way plans, the within-layer K-way splits of ``demo_strategies``
-        (largest K), and the memory-aware mappings (built in, and given)."""
+    def demo_cases(self) -> list[DemoCase]:
+        """The memory demonstration: the whole model and the partitioner's K-way plans, the
+        within-layer K-way splits of ``demo_strategies`` (largest K), the memory-aware mappings
+        (built in, and given), all at ``demo_memory``; then the whole model at
+        ``demo_reference_memory`` (a reference, not part of the target)."""
         cfg = self.config
-        cases: list[tuple[str, list[str], list[str]]] = [(f'layer_{k}', ['--boards', str(k)], [])
-                                                         for k in cfg.demo_ks]
+        limit = cfg.demo_memory
+        cases = [DemoCase(f'layer_{k}', ['--boards', str(k)], [], limit) for k in cfg.demo_ks]
         if cfg.demo_ks and split_has_strategy():
             k = max(cfg.demo_ks)
-            cases += [(f'{st}_{k}', ['--boards', str(k), '--strategy', st], run_args(st))
+            cases += [DemoCase(f'{st}_{k}', ['--boards', str(k), '--strategy', st], run_args(st), limit)
                       for st in cfg.demo_strategies]
         mappings = list(cfg.demo_mappings)
         if cfg.demo_model in DEMO_MAPPINGS and cfg.demo_ks:
             path = self.workdir / f'{cfg.demo_model}_memory_mapping.yaml'
-            path.write_text(DEMO_MAPPINGS[cfg.demo_model])
+            if not path.is_file() or path.read_text() != DEMO_MAPPINGS[cfg.demo_model]:
+                path.write_text(DEMO_MAPPINGS[cfg.demo_model])
             mappings.append(path)
-        cases += [(f'mapping_{m.stem}', ['--mapping', str(m)], []) for m in mappings]
+        cases += [DemoCase(f'mapping_{m.stem}', ['--mapping', str(m)], [], limit, source=m) for m in mappings]
+        reference = cfg.demo_reference_memory
+        if cfg.demo_ks and reference and reference != limit:
+            cases.append(DemoCase('layer_1', ['--boards', '1'], [], reference, reference=True))
         return cases
 
     def memory_demo(self) -> list[dict[str, Any]]:
@@ -777,11 +839,14 @@ class Bench:
 
         cfg = self.config
         results = []
-        for label, how, extra in self.demo_cases():
+        for case in self.demo_cases():
+            label, how, extra, memory = case.label, case.how, case.run_args, case.memory
             entry: dict[str, Any] = {'model': cfg.demo_model, 'split': ' '.join(how),
-                                     'memory_limit_mib': cfg.demo_memory / 2**20 if cfg.demo_memory else None}
+                                     'memory_limit_mib': memory / 2**20 if memory else None}
+            if case.reference:
+                entry['reference'] = True
             try:
-                bundle = self.bundle(cfg.demo_model, label, how)
+                bundle = self.bundle(cfg.demo_model, label, how, case.source)
             except AutodiceError as exc:
                 entry.update(k=0, outcome='skipped', detail=str(exc))
                 results.append(entry)
@@ -789,15 +854,21 @@ class Bench:
             manifest = load_bundle(bundle).manifest
             entry['k'] = len(manifest.boards)
             entry['partitions'] = {p.name: p.board for p in manifest.partitions}
-            spec = self.spec(manifest.boards, cfg.demo_memory, LinkSpec(parse_rate('1gbit')))
+            weights = {b: sum((bundle / p.file).stat().st_size for p in manifest.partitions if p.board == b)
+                       for b in manifest.boards}
+            spec = self.spec(manifest.boards, memory, LinkSpec(parse_rate('1gbit')))
             self.log(f'memory demo: {cfg.demo_model} {entry["split"]}: {entry["k"]} board(s) of '
-                     f'{_mib(cfg.demo_memory)}')
+                     f'{_mib(memory)}')
+            left = drop_page_cache(bundle)
+            entry['page_cache_left_mib'] = left / 2**20 if left >= 0 else None
             start = time.monotonic()
-            with Boards(spec, log=self.log) as boards, \
-                    open(self.logdir / f'memory-{label}.log', 'w') as logfile:
+            log_name = f'memory-{label}{"-reference" if case.reference else ""}.log'
+            with Boards(spec, log=self.log) as boards, open(self.logdir / log_name, 'w') as logfile:
                 procs = boards.start_pipeline(bundle, ['--source', 'none', *extra], stdout=logfile,
                                               stderr=logfile)
-                driver = DriverClient(start_driver(boards, bundle, logfile), board_watch(boards, procs))
+                driver = DriverClient(start_driver(boards, bundle, logfile),
+                                      thrash_watch(boards, weights, board_watch(boards, procs)))
+                warm: dict[str, Any] = {}
                 try:
                     reply = driver.request(240.0, {'cmd': 'connect', 'timeout': 200.0})
                     if 'error' in reply:
@@ -815,16 +886,71 @@ class Bench:
                     driver.request(30.0, {'cmd': 'quit'})
                 except BoardDiedError as exc:
                     entry.update(outcome='failed', detail=str(exc),
-                                 oom_killed=any(boards.oom_kills(b) for b in spec.names))
+                                 oom_killed=any(boards.oom_kills(b) for b in spec.names),
+                                 thrashing='thrashing at its memory limit' in str(exc))
                 entry['seconds'] = time.monotonic() - start
-                entry['boards'] = {b: {'oom_kills': boards.oom_kills(b),
-                                       'failcnt': boards.usage(b).memory_failcnt,
-                                       'cgroup_peak_mib': boards.usage(b).memory_peak_bytes / 2**20,
-                                       'exit': procs[b].poll()}
-                                   for b in spec.names}
+                entry['boards'] = {}
+                page = os.sysconf('SC_PAGE_SIZE')
+                for b in spec.names:
+                    use, stat = boards.usage(b), memory_stat(boards, b)
+                    entry['boards'][b] = {
+                        'oom_kills': boards.oom_kills(b), 'failcnt': use.memory_failcnt,
+                        'cgroup_peak_mib': use.memory_peak_bytes / 2**20,
+                        # now (the survivors): anonymous, weights and other file pages, shared memory
+                        'anon_mib': stat.get('total_rss', 0) / 2**20,
+                        'file_mib': (stat.get('total_cache', 0) - stat.get('total_shmem', 0)) / 2**20,
+                        'shmem_mib': stat.get('total_shmem', 0) / 2**20,
+                        # file pages the limit pushed out and that were read back in: weights re-read
+                        'reread_mib': stat.get('total_workingset_refault_file', 0) * page / 2**20,
+                        'weights_mib': weights.get(b, 0) / 2**20,
+                        'rss_peak_mib': sum(use.rss_peak_bytes.values()) / 2**20,
+                        'stage_rss_peak_mib': sum(use.rss_peak_bytes.get(p, 0)
+                                                  for p in _stage_pids(boards, b)) / 2**20,
+                        'exit': procs[b].poll()}
+                frames = int(warm.get('received', 0)) + int(entry.get('frames', 0))
+                if entry['outcome'] == 'ran' and frames:
+                    for values in entry['boards'].values():
+                        values['reread_mib_per_frame'] = values['reread_mib'] / frames
             self.log(f'memory demo {entry["split"]}: {entry["outcome"]} {entry.get("detail", "")}')
             results.append(entry)
         return results
+
+
+def drop_page_cache(bundle: Path) -> int:
+    """Write back and evict ``bundle``'s files from the host's page cache; returns the bytes
+    still cached (``mincore`` is not in Python: -1 where unknown).
+
+    Sessions map the weights from the files (lean loading), and a cgroup v1 board is charged
+    only for the pages it brings into the cache: weights cached by the split (or an earlier
+    run) would be free for the board, and a board's memory limit would not count them.
+    """
+    for path in sorted(bundle.iterdir()):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    try:
+        out = subprocess.run(['fincore', '--bytes', '--noheadings', '--raw', '--output', 'RES',
+                              *(str(p) for p in bundle.iterdir() if p.is_file())],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return -1
+    return sum(int(line) for line in out.split())
+
+
+def memory_stat(boards: Boards, board: str) -> dict[str, int]:
+    """The board's ``memory.stat`` (cgroup v1): anon (``total_rss``), page cache, shared memory,
+    file pages read back after the limit pushed them out (``total_workingset_refault_file``)."""
+    from autodice_ros.boards import CGROUP_ROOT
+
+    try:
+        text = (CGROUP_ROOT / 'memory' / boards.cgroup(board) / 'memory.stat').read_text()
+    except OSError:
+        return {}
+    return {key: int(value) for key, value in (line.split() for line in text.splitlines())}
 
 
 def _stage_pids(boards: Boards, board: str) -> set[int]:
@@ -925,15 +1051,28 @@ def targets(runs: Sequence[Run], demo: Sequence[Mapping[str, Any]], model: str,
                 'value': worst_rss[2] if worst_rss else None, 'met': met,
                 'detail': '; '.join(f'{run.strategy} K={run.k} {run.link}: {board} {ratio:.2f} '
                                     f'(limit {lim:.2f})' for run, board, ratio, lim in rss_rows)})
+    demo = [d for d in demo if not d.get('reference')]
     whole = next((d for d in demo if d['k'] == 1), None)
     splits = [d for d in demo if d['k'] > 1]
     ran = [d for d in splits if d['outcome'] == 'ran']
-    shown = bool(whole and whole['outcome'] == 'failed' and whole.get('oom_killed') and ran)
+    failed = bool(whole and whole['outcome'] == 'failed'
+                  and (whole.get('oom_killed') or whole.get('thrashing')))
+    shown = failed and bool(ran)
     out.append({'target': 'memory limit per board: whole model fails on one board, runs split',
                 'limit': None, 'value': None, 'met': shown if whole and splits else None,
-                'detail': '; '.join(f"{d['split']} on {d['k']} board(s): {d['outcome']} "
-                                    f"{d.get('detail', '')}".strip() for d in demo)})
+                'detail': '; '.join(f"{d['split']} on {d['k']} board(s) of {d['memory_limit_mib']:.0f} MiB: "
+                                    f"{d['outcome']} {d.get('detail', '')}{_rereads(d)}".strip()
+                                    for d in demo if d['k'])})
     return out
+
+
+def _rereads(demo: Mapping[str, Any]) -> str:
+    """'; weights re-read a frame: board2 480 MiB' for a demo case that ran while paging weights
+    back in, else ''."""
+    heavy = {b: v['reread_mib_per_frame'] for b, v in demo.get('boards', {}).items()
+             if v.get('reread_mib_per_frame', 0) >= 1}
+    return ('; weights re-read a frame: ' + ', '.join(f'{b} {mib:.0f} MiB' for b, mib in heavy.items())
+            if heavy else '')
 
 
 def best_within_layer(runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -991,11 +1130,20 @@ def markdown(report: Mapping[str, Any]) -> str:
                               + (f" vs layer {b['layer_fps']:.2f}" if b['layer_fps'] else '')
                               for b in report['best_within_layer'])]
     lines += ['', '## Memory limit per board', '']
+    lines.append('Each board is charged for the weights it reads (the bundle is evicted from the page '
+                 'cache first). Re-read: weights the limit pushed out of memory and the board read back '
+                 'from the file -- slower frames, not an OOM kill; on a board\'s SD card or eMMC far slower '
+                 'than on this host.')
+    lines.append('')
     for demo in report['memory_demo']:
         peaks = ', '.join(f"{b} {v['cgroup_peak_mib']:.0f} MiB" for b, v in demo.get('boards', {}).items())
         limit = f"{demo['memory_limit_mib']:.0f} MiB" if demo['memory_limit_mib'] else 'no memory limit'
-        lines.append(f"- {demo['model']} `split {demo['split']}` on {demo['k']} board(s) of {limit}: "
-                     f"**{demo['outcome']}** {demo.get('detail', '')}"
+        latency = demo.get('latency_ms', {}).get('p50')
+        said = ' '.join(part for part in (f'({latency:.0f} ms a frame)' if latency else '',
+                                          demo.get('detail', '')) if part)
+        lines.append(f"- {'reference: ' if demo.get('reference') else ''}{demo['model']} "
+                     f"`split {demo['split']}` on {demo['k']} board(s) of {limit}: "
+                     f"**{demo['outcome']}** {said}{_rereads(demo)}"
                      f"{f' (cgroup peaks: {peaks})' if peaks else ''}")
     lines += ['', '## Targets', '', '| target | value | limit | met |', '|---|---|---|---|']
     for tgt in report['targets']:
@@ -1117,6 +1265,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         changes['demo_memory'] = parse_bytes(args.demo_memory, '--demo-memory')
     if args.no_demo:
         changes['demo_ks'] = ()
+    if args.demo_only:
+        if args.no_demo:
+            raise BoardsError('--demo-only and --no-demo leave nothing to run; pick one')
+        changes['strategies'] = ()
     if args.demo_model:
         changes['demo_model'] = args.demo_model
     if args.demo_mapping:
@@ -1133,11 +1285,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "--short: layer)")
     parser.add_argument('--cpu', help='cores per board (default 0.5)')
     parser.add_argument('--memory', help='memory limit per board for the throughput runs (default none)')
-    parser.add_argument('--demo-memory', help='memory limit per board in the memory demo (default 1GiB)')
+    parser.add_argument('--demo-memory', help='memory limit per board in the memory demo (default 576MiB: '
+                                              'whole vgg19 thrashes or is OOM-killed, the built-in mapping '
+                                              'runs; without --short, the whole model also at 1GiB)')
     parser.add_argument('--demo-model', help='model of the memory demo (default vgg19)')
     parser.add_argument('--demo-mapping', type=Path, action='append', default=[],
                         help='also run the memory demo with this mapping (repeat; vgg19 has one built in)')
     parser.add_argument('--no-demo', action='store_true', help='skip the memory demonstration')
+    parser.add_argument('--demo-only', action='store_true',
+                        help='only the memory demonstration (no throughput runs; --ks, --links and '
+                             '--strategies then do not apply)')
     parser.add_argument('--config', type=Path, help='boards YAML (default: the shipped boards.yaml)')
     parser.add_argument('--energy', type=Path, help='energy model YAML (default: the shipped energy.yaml)')
     parser.add_argument('--short', action='store_true', help='K=1,3 at 1gbit and 100mbit, fewer trials')
