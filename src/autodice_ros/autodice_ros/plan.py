@@ -226,7 +226,7 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
             folder = '' if options.source == 'synthetic' else options.source
             source: dict[str, ParamValue] = {'rate': options.rate, 'count': options.count, 'folder': folder,
                                              'bundle': root}
-            camera = {'qos.reliability': image_reliability, 'qos.depth': options.depth}
+            camera: dict[str, ParamValue] = {'qos.reliability': image_reliability, 'qos.depth': options.depth}
             specs.append(NodeSpec('image_source', 'image_source', ns, head_board, {**source, **camera},
                                   env_for('camera_head'), remap))
         image_qos: dict[str, ParamValue] = {'image_qos.reliability': image_reliability,
