@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import rclpy
 import rclpy.parameter
+from rclpy.executors import ExternalShutdownException
 from std_msgs.msg import Header
 
 from autodice_ros import fastpath
@@ -124,6 +125,6 @@ if __name__ == '__main__':
             code = subscribe(topic, out_dir, int(rest[1]), float(rest[2]))
         else:
             code = plain(topic, out_dir, int(rest[0]))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):   # stop() ends every peer with SIGINT
         code = 0
     sys.exit(code)

@@ -78,12 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(rest)
     received: list[int] = []
 
-    def terminate(signum: int, frame: FrameType | None) -> None:
+    def interrupt(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
         raise KeyboardInterrupt   # SIGTERM unwinds like Ctrl-C: children stopped, bags closed
 
+    stops = (signal.SIGINT, signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, terminate) if in_main else None
+    previous = {s: signal.signal(s, interrupt) for s in stops} if in_main else {}
     try:
         return int(module.run(ns) or 0)
     except AutodiceError as exc:
@@ -91,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 128 + (received[0] if received else signal.SIGINT)
+    except Exception:
+        # After a stop signal, rclpy shuts its context down too: whatever fails because of that
+        # (a spin on a dead context) is the interruption, not a bug. Cleanup has run.
+        if received:
+            return 128 + received[0]
+        raise
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
