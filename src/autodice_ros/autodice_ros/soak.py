@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autodice_ros.driver import PipelineDriver
+from autodice_ros.driver import PipelineDriver, Received
 from autodice_ros.errors import BundleError
 from autodice_ros.inference import create_session, run_session
 from autodice_ros.manifest import load_bundle, sha256_file
@@ -104,13 +104,17 @@ def soak(bundle_dir: Path, duration: float = 600.0, rate: float = 5.0, warmup: f
     return report
 
 
+def diff_from_reference(session: Any, input_name: str, output: Received, tensor: np.ndarray) -> float:
+    """Max |difference| between one pipeline output and the unsplit model on the same input."""
+    expected = run_session(session, {input_name: tensor})
+    return max(float(np.max(np.abs(output.tensors[n] - v))) for n, v in expected.items())
+
+
 def _compare_ready(driver: PipelineDriver, session: Any, input_name: str, report: SoakReport) -> None:
     """Compare every output whose input tensor has arrived, then forget both (bounded memory)."""
     got = driver.collected
     for key in [k for k in got.outputs if k in got.inputs]:
-        output, tensor = got.outputs.pop(key), got.inputs.pop(key)
-        expected = run_session(session, {input_name: tensor})
-        diff = max(float(np.max(np.abs(output.tensors[n] - v))) for n, v in expected.items())
+        diff = diff_from_reference(session, input_name, got.outputs.pop(key), got.inputs.pop(key))
         report.compared += 1
         report.max_abs_diff = max(report.max_abs_diff, diff)
         if diff > TOLERANCE:

@@ -23,17 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from autodice_ros.bench.pipeline import HEIGHT, WIDTH
 from autodice_ros.driver import PipelineDriver, Received, StampKey
 from autodice_ros.errors import AutodiceError
-from autodice_ros.inference import run_session
 from autodice_ros.manifest import load_bundle
 from autodice_ros.plan import PlanOptions, make_plan
 from autodice_ros.rosutil import now_header, spin_until
 from autodice_ros.runner import Child, Runner
-from autodice_ros.soak import TOLERANCE, reference_session
+from autodice_ros.soak import TOLERANCE, diff_from_reference, reference_session
 
 TARGET_S = 2.0
 LEAD_S = 2.0               # steady frames before the first kill
@@ -157,8 +154,7 @@ def compare(bundle_dir: Path, driver: PipelineDriver) -> tuple[int, int, float]:
     for key, output in got.outputs.items():
         if key not in got.inputs:
             continue
-        expected = run_session(session, {input_name: got.inputs[key]})
-        diff = max(float(np.max(np.abs(output.tensors[n] - v))) for n, v in expected.items())
+        diff = diff_from_reference(session, input_name, output, got.inputs[key])
         compared += 1
         mismatched += diff > TOLERANCE
         worst = max(worst, diff)
