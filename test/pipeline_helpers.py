@@ -4,13 +4,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from autodice_ros.rosutil import spin_until
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTODICE = str(ROOT / '.venv' / 'bin' / 'autodice')
@@ -81,3 +83,33 @@ def whole_model(model: Path, inputs: Sequence[np.ndarray]) -> list[dict[str, np.
     name = data_inputs(load_model(model))[0].name
     session, _ = create_session(model)
     return [run_session(session, {name: x}) for x in inputs]
+
+
+class DiagnosticsWatch:
+    """The latest /diagnostics values of every node, with the stamp of the report."""
+
+    def __init__(self, node: Any) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.node = node
+        self.latest: dict[str, tuple[int, dict[str, str]]] = {}
+        self._sub = node.create_subscription(DiagnosticArray, '/diagnostics', self._on, 50)
+
+    def _on(self, msg: Any) -> None:
+        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        for status in msg.status:
+            self.latest[status.name] = (stamp, {kv.key: kv.value for kv in status.values})
+
+    def after(self, names: list[str], wall_ns: int, timeout: float = 10.0) -> dict[str, dict[str, str]]:
+        """Each node's first report made after ``wall_ns`` (so it counts everything before it)."""
+        def fresh() -> bool:
+            return all(self.latest.get(n, (0, {}))[0] > wall_ns for n in names)
+
+        assert spin_until(self.node, fresh, timeout, step=0.01), f'no fresh diagnostics from {names}'
+        return {n: self.latest[n][1] for n in names}
+
+    def until(self, name: str, done: Callable[[dict[str, str]], bool],
+              timeout: float = 20.0) -> dict[str, str]:
+        """``name``'s latest values once ``done(values)`` holds (or whatever came by ``timeout``)."""
+        spin_until(self.node, lambda: name in self.latest and done(self.latest[name][1]), timeout)
+        return self.latest.get(name, (0, {}))[1]

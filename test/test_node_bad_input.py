@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pipeline_helpers import ros_node, split, synthetic_images
+from pipeline_helpers import DiagnosticsWatch, ros_node, split, synthetic_images
 
 from autodice_ros.codec import TensorPublisher, TensorSubscriber, encode_list, qos_profile
 from autodice_ros.manifest import IMAGE_TOPIC, INPUT_TOPIC, load_bundle
@@ -29,23 +29,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, zoo_model: Callable[[str], 
 def stage_spec(bundle: Path, partition: str) -> Any:
     return next(s for s in make_plan(bundle, PlanOptions(namespace=NS))
                 if s.parameters.get('partition') == partition)
-
-
-def diagnostics_of(node: Any, name: str, until: Callable[[dict[str, str]], bool]) -> dict[str, str]:
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    latest: dict[str, str] = {}
-
-    def on_diag(msg: Any) -> None:
-        for status in msg.status:
-            if status.name == name:
-                latest.clear()
-                latest.update({kv.key: kv.value for kv in status.values})
-
-    sub = node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
-    spin_until(node, lambda: bool(latest) and until(latest), timeout=20.0)
-    node.destroy_subscription(sub)
-    return latest
 
 
 def peak_rss_mib(runner: Runner) -> float:
@@ -85,8 +68,9 @@ def test_stage_drops_bad_tensor_lists_and_keeps_working(bundle: Path) -> None:
         rng_bytes = np.random.default_rng(1)
         for size in (3, 64, 4096):                              # not even a TensorList
             pub._publisher.publish(rng_bytes.bytes(size))
-        stats = diagnostics_of(node, f'{NS}/{spec.name}',
-                               lambda v: v.get('drops.invalid') == '5' and v.get('drops.undecodable') == '3')
+        stats = DiagnosticsWatch(node).until(
+            f'{NS}/{spec.name}',
+            lambda v: v.get('drops.invalid') == '5' and v.get('drops.undecodable') == '3')
         assert stats.get('drops.invalid') == '5' and stats.get('drops.undecodable') == '3'
         assert stats['frames_out'] == '0'
         rss_before = peak_rss_mib(runner)
@@ -115,8 +99,9 @@ def test_camera_head_drops_odd_images(bundle: Path) -> None:
         for image in odd:
             pub.publish(image)
         pub.publish(b'\x00\x01 not an image')
-        stats = diagnostics_of(node, f'{NS}/camera_head', lambda v: v.get('drops.invalid_image') == '3'
-                               and v.get('drops.undecodable_image') == '1')
+        stats = DiagnosticsWatch(node).until(
+            f'{NS}/camera_head',
+            lambda v: v.get('drops.invalid_image') == '3' and v.get('drops.undecodable_image') == '1')
         assert stats.get('drops.invalid_image') == '3' and stats.get('drops.undecodable_image') == '1'
         pub.publish(good)
         assert spin_until(node, lambda: bool(tensors), timeout=20.0)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pipeline_helpers import ros_node, split, synthetic_images, whole_model
+from pipeline_helpers import DiagnosticsWatch, ros_node, split, synthetic_images, whole_model
 
 from autodice_ros.driver import PipelineDriver, StampKey
 from autodice_ros.manifest import load_bundle
@@ -34,30 +34,6 @@ def model_and_bundle(tmp_path_factory: pytest.TempPathFactory,
                      zoo_model: Callable[[str], Path]) -> tuple[Path, Path]:
     model = zoo_model('resnet50')
     return model, split(model, tmp_path_factory.mktemp('overload') / 'bundle', '--boards', '3')
-
-
-class DiagnosticsWatch:
-    """The latest /diagnostics values of every node, with the stamp of the report."""
-
-    def __init__(self, node: Any) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        self.node = node
-        self.latest: dict[str, tuple[int, dict[str, str]]] = {}
-        self._sub = node.create_subscription(DiagnosticArray, '/diagnostics', self._on, 50)
-
-    def _on(self, msg: Any) -> None:
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-        for status in msg.status:
-            self.latest[status.name] = (stamp, {kv.key: kv.value for kv in status.values})
-
-    def after(self, names: list[str], wall_ns: int, timeout: float = 10.0) -> dict[str, dict[str, str]]:
-        """Each node's first report made after ``wall_ns`` (so it counts everything before it)."""
-        def fresh() -> bool:
-            return all(self.latest.get(n, (0, {}))[0] > wall_ns for n in names)
-
-        assert spin_until(self.node, fresh, timeout, step=0.01), f'no fresh diagnostics from {names}'
-        return {n: self.latest[n][1] for n in names}
 
 
 @dataclass
