@@ -640,6 +640,15 @@ class Boards:
         values = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
         return int(values.get('oom_kill', 0))
 
+    def memory_stat(self, board: str) -> dict[str, int]:
+        """The board's ``memory.stat`` (cgroup v1): anon (``total_rss``), page cache, shared memory,
+        file pages read back after the limit pushed them out (``total_workingset_refault_file``)."""
+        try:
+            text = (self._cg('memory', board) / 'memory.stat').read_text()
+        except OSError:
+            return {}
+        return {key: int(value) for key, value in (line.split() for line in text.splitlines())}
+
     def usage(self, board: str) -> BoardUsage:
         mem = self._cg('memory', board)
         try:

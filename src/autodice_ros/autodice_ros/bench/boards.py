@@ -352,7 +352,7 @@ def thrash_watch(boards: Boards, weights: Mapping[str, int],
         if failure:
             return failure
         for board, size in weights.items():
-            reread = memory_stat(boards, board).get('total_workingset_refault_file', 0) * page
+            reread = boards.memory_stat(board).get('total_workingset_refault_file', 0) * page
             if size and reread > max(THRASH_FACTOR * size, THRASH_MIN):
                 return (f'board {board}: thrashing at its memory limit '
                         f'({_mib(boards.spec.board(board).memory)}): re-read {reread / 2**30:.1f} GiB of '
@@ -892,7 +892,7 @@ class Bench:
                 entry['boards'] = {}
                 page = os.sysconf('SC_PAGE_SIZE')
                 for b in spec.names:
-                    use, stat = boards.usage(b), memory_stat(boards, b)
+                    use, stat = boards.usage(b), boards.memory_stat(b)
                     entry['boards'][b] = {
                         'oom_kills': boards.oom_kills(b), 'failcnt': use.memory_failcnt,
                         'cgroup_peak_mib': use.memory_peak_bytes / 2**20,
@@ -939,18 +939,6 @@ def drop_page_cache(bundle: Path) -> int:
     except (OSError, subprocess.CalledProcessError):
         return -1
     return sum(int(line) for line in out.split())
-
-
-def memory_stat(boards: Boards, board: str) -> dict[str, int]:
-    """The board's ``memory.stat`` (cgroup v1): anon (``total_rss``), page cache, shared memory,
-    file pages read back after the limit pushed them out (``total_workingset_refault_file``)."""
-    from autodice_ros.boards import CGROUP_ROOT
-
-    try:
-        text = (CGROUP_ROOT / 'memory' / boards.cgroup(board) / 'memory.stat').read_text()
-    except OSError:
-        return {}
-    return {key: int(value) for key, value in (line.split() for line in text.splitlines())}
 
 
 def _stage_pids(boards: Boards, board: str) -> set[int]:
