@@ -127,4 +127,8 @@ if __name__ == '__main__':
             code = plain(topic, out_dir, int(rest[0]))
     except (KeyboardInterrupt, ExternalShutdownException):   # stop() ends every peer with SIGINT
         code = 0
+    except Exception:
+        if rclpy.ok():
+            raise
+        code = 0          # SIGINT shut the context down mid-spin (e.g. while making a wait set)
     sys.exit(code)
