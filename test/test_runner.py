@@ -58,17 +58,42 @@ def test_signal_stops_every_child_within_5_s_without_zombies(sig: signal.Signals
     assert not [k for k in kids if alive(k)], out
 
 
-def test_on_failure_policy_restarts_a_killed_stage(bundle: Path) -> None:
-    specs = make_plan(bundle, PlanOptions(namespace='/runner_restart', source='none'))
+def owned_fastdds_segments(pid: int) -> set[str]:
+    """The Fast DDS segments a process owns: those whose lock file it holds (/proc/locks)."""
+    holders = {}
+    for line in Path('/proc/locks').read_text().splitlines():
+        fields = line.split()
+        if fields[1] == 'FLOCK':
+            holders[int(fields[5].split(':')[-1])] = int(fields[4])
+    return {lock.name[:-3] for lock in Path('/dev/shm').glob('fastdds_*_el')
+            if not lock.name.startswith('fastdds_port') and holders.get(lock.stat().st_ino) == pid}
+
+
+@pytest.mark.parametrize('spares', [True, False], ids=['warm-spare', 'cold'])
+def test_on_failure_policy_restarts_a_killed_stage(bundle: Path, spares: bool) -> None:
+    specs = make_plan(bundle, PlanOptions(namespace=f'/runner_restart_{int(spares)}', source='none'))
     stage = next(s for s in specs if s.executable == 'stage')
-    with Runner(specs, restart='on-failure', max_restarts=2) as runner:
+    with Runner(specs, restart='on-failure', max_restarts=2, spares=spares) as runner:
         first = runner.pid(stage.name)
-        time.sleep(1.0)
+        assert wait(lambda: bool(runner.spare_pids()) == spares, 10.0)
+        waiting = runner.spare_pids()
+        time.sleep(2.5)                  # the runner leaves a lock file younger than 1 s alone
+        own_segments = owned_fastdds_segments(first)
+        assert own_segments, 'the stage owns no Fast DDS segment: is the shared-memory profile on?'
         os.kill(first, signal.SIGKILL)
         assert wait(lambda: runner.poll() is None and runner.pid(stage.name) != first, 10.0)
         child = next(c for c in runner.children if c.spec.name == stage.name)
         assert child.restarts == 1 and child.exits == [-signal.SIGKILL]
         assert alive(runner.pid(stage.name))
+        # the spare became the stage; a new one takes its place once the restart has settled
+        assert (runner.pid(stage.name) in waiting) == spares
+        if spares:
+            assert wait(lambda: runner.poll() is None and len(runner.spare_pids()) == 1
+                        and runner.spare_pids() != waiting, 15.0)
+        # the killed stage's 64 MiB segments (memory in /dev/shm) did not outlive it
+        assert not [n for n in own_segments if (Path('/dev/shm') / n).exists()]
+        spare_pids = runner.spare_pids()
+    assert not [p for p in spare_pids if alive(p)]
 
 
 def test_never_policy_stops_and_reports_the_dead_node(bundle: Path) -> None:

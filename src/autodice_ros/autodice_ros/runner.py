@@ -4,7 +4,14 @@ The same :class:`~autodice_ros.plan.NodeSpec` list the launch file uses. Each ch
 ``PR_SET_PDEATHSIG`` so it never outlives the runner, even after ``kill -9``. SIGINT/SIGTERM to
 the runner stop every child (SIGINT, then SIGTERM, then SIGKILL after ``stop_timeout``) and reap
 them all. A child that dies is restarted when the policy says so; otherwise the runner stops the
-rest and exits non-zero.
+rest and exits non-zero. A killed child leaves its Fast DDS shared memory behind (a 64 MiB segment
+and its listening ports in /dev/shm): the runner removes such leftovers before it starts the
+nodes, before each restart and after the last node has stopped (:mod:`autodice_ros.ddsshm`).
+
+With restarts on, the runner keeps a warm spare per process environment
+(:mod:`autodice_ros.nodes.spare`): already imported and discovered, it becomes the failed node,
+which cuts a restart's outage to the node's own configuration. A new spare starts a few seconds
+later, once the restarted node has the CPU it needs.
 """
 from __future__ import annotations
 
@@ -19,9 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from autodice_ros import ddsshm
+from autodice_ros.nodes import spare
 from autodice_ros.plan import NodeSpec
 
 RESTART_POLICIES = ('never', 'on-failure')
+SPARE_DELAY_S = 1.0        # after a spare is used, before the next one starts competing for CPU
 _PR_SET_PDEATHSIG = 1
 
 
@@ -44,6 +54,14 @@ def node_command(spec: NodeSpec) -> list[str]:
     return [sys.executable, '-m', f'autodice_ros.nodes.{spec.executable}', *spec.ros_arguments()]
 
 
+def _adoptable(spec: NodeSpec) -> bool:
+    return spec.executable in spare.ADOPTABLE and not spec.enclave
+
+
+def _env_key(spec: NodeSpec) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(spec.env.items()))
+
+
 @dataclass
 class Child:
     spec: NodeSpec
@@ -55,7 +73,8 @@ class Child:
 
 class Runner:
     def __init__(self, specs: Sequence[NodeSpec], restart: str = 'never', max_restarts: int = 5,
-                 stop_timeout: float = 5.0, log: Callable[[str], None] | None = None) -> None:
+                 stop_timeout: float = 5.0, log: Callable[[str], None] | None = None,
+                 spares: bool = True) -> None:
         if restart not in RESTART_POLICIES:
             raise ValueError(f'restart policy {restart!r}: expected one of {", ".join(RESTART_POLICIES)}')
         self.children = [Child(spec) for spec in specs]
@@ -64,6 +83,11 @@ class Runner:
         self.stop_timeout = stop_timeout
         self._log = log or (lambda text: print(f'[autodice run] {text}', file=sys.stderr, flush=True))
         self._stopping = False
+        # warm spares by process environment, and when to start the missing ones
+        self._spares: dict[tuple[tuple[str, str], ...], subprocess.Popen[bytes]] = {}
+        self._spares_due: dict[tuple[tuple[str, str], ...], float] = {}
+        if spares and restart != 'never':
+            self._spares_due = {_env_key(c.spec): 0.0 for c in self.children if _adoptable(c.spec)}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -76,15 +100,44 @@ class Runner:
         self.stop()
 
     def start(self) -> None:
+        self._reap_dds_leftovers()
         for child in self.children:
             self._spawn(child)
+        self._start_due_spares()
 
     def _spawn(self, child: Child) -> None:
-        env = {**os.environ, **child.spec.env}
-        child.process = subprocess.Popen(node_command(child.spec), env=env, preexec_fn=_die_with_parent)
+        how = 'started'
+        key = _env_key(child.spec)
+        warm = self._spares.pop(key, None) if _adoptable(child.spec) else None
+        if warm is not None and warm.poll() is None and warm.stdin is not None:
+            try:
+                warm.stdin.write(spare.command_line(child.spec.executable, child.spec.ros_arguments()))
+                warm.stdin.close()
+                child.process, how = warm, 'handed to the warm spare'
+            except OSError:       # the spare died meanwhile: start cold
+                pass
+            self._spares_due[key] = time.monotonic() + SPARE_DELAY_S
+        if how == 'started':
+            env = {**os.environ, **child.spec.env}
+            child.process = subprocess.Popen(node_command(child.spec), env=env, preexec_fn=_die_with_parent)
+        assert child.process is not None
         child.started_at = time.monotonic()
-        self._log(f'started {child.spec.namespace}/{child.spec.name} ({child.spec.executable}, '
+        self._log(f'{how} {child.spec.namespace}/{child.spec.name} ({child.spec.executable}, '
                   f'board {child.spec.board}) pid {child.process.pid}')
+
+    def _start_due_spares(self) -> None:
+        now = time.monotonic()
+        for key, due in list(self._spares_due.items()):
+            if due > now:
+                continue
+            del self._spares_due[key]
+            self._spares[key] = subprocess.Popen(
+                [sys.executable, '-m', 'autodice_ros.nodes.spare'], stdin=subprocess.PIPE,
+                env={**os.environ, **dict(key)}, preexec_fn=_die_with_parent)
+
+    def spare_pids(self) -> list[int]:
+        """Process ids of the warm spares waiting to replace a failed node."""
+        return [proc.pid for proc in self._spares.values() if proc.poll() is None]
 
     def pid(self, name: str) -> int:
         for child in self.children:
@@ -102,6 +155,8 @@ class Runner:
 
     def poll(self) -> int | None:
         """One supervision step: None while running, else the exit status the runner should give."""
+        if not self._stopping:
+            self._start_due_spares()
         for child in self.children:
             assert child.process is not None
             code = child.process.poll()
@@ -112,6 +167,7 @@ class Runner:
             if self.restart == 'on-failure' and code != 0 and child.restarts < self.max_restarts:
                 child.restarts += 1
                 self._log(f'{name} exited with {code}; restart {child.restarts}/{self.max_restarts}')
+                self._reap_dds_leftovers()
                 self._spawn(child)
                 continue
             self._log(f'{name} exited with {code}; stopping the other nodes')
@@ -122,6 +178,8 @@ class Runner:
         """SIGINT every child, escalate after ``stop_timeout``, reap all (no zombies)."""
         self._stopping = True
         live = [c.process for c in self.children if c.process is not None and c.process.poll() is None]
+        live += [proc for proc in self._spares.values() if proc.poll() is None]
+        self._spares.clear()
         for proc in live:
             proc.send_signal(signal.SIGINT)
         deadline = time.monotonic() + self.stop_timeout
@@ -138,6 +196,13 @@ class Runner:
             deadline = time.monotonic() + 2.0
         for proc in live:
             proc.wait()
+        self._reap_dds_leftovers()
+
+    def _reap_dds_leftovers(self) -> None:
+        removed = ddsshm.reap_zombies()
+        if removed:
+            self._log(f'removed {len(removed)} Fast DDS shared-memory files of dead processes '
+                      'from /dev/shm')
 
     # -- the blocking loop of ``autodice run`` ---------------------------------------------------
 

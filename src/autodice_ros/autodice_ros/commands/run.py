@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--restart', choices=RESTART_POLICIES, default='never',
                         help='restart a node that dies (default: never: stop all, exit non-zero)')
     parser.add_argument('--max-restarts', type=int, default=5, help='per node, with --restart')
+    parser.add_argument('--no-spare', dest='spare', action='store_false',
+                        help='with --restart on-failure: restart cold instead of keeping a warm spare '
+                             'process (saves its memory, about 100 MB, and makes a restart take '
+                             'about 1.5 s longer)')
     parser.add_argument('--duration', type=float, default=0.0, help='stop after this many seconds')
     parser.add_argument('--print-plan', action='store_true', help='print the plan as JSON and exit')
 
@@ -39,4 +43,5 @@ def run(args: argparse.Namespace) -> int:
     if args.print_plan:
         print(json.dumps([asdict(s) for s in specs], indent=2))
         return 0
-    return Runner(specs, restart=args.restart, max_restarts=args.max_restarts).run(args.duration)
+    return Runner(specs, restart=args.restart, max_restarts=args.max_restarts,
+                  spares=args.spare).run(args.duration)

@@ -2,6 +2,7 @@
 per-second ``diagnostic_msgs`` status, and a ``main`` that shuts down cleanly on Ctrl-C."""
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import sys
@@ -115,16 +116,42 @@ class Diagnostics:
         self._node.destroy_publisher(self._publisher)
 
 
-def spin_node(factory: Callable[[], Any], args: Sequence[str] | None = None,
+_warm_placeholder: Any = None   # set in a spare process: rclpy and its DDS participant already up
+
+
+def warm_up() -> None:
+    """Start rclpy and a DDS participant before knowing which node this process will be.
+
+    A spare process (:mod:`autodice_ros.nodes.spare`) calls this: its participant is discovered
+    by the running pipeline long before it is needed, so a node it later becomes only announces
+    its new publishers and subscriptions. A participant exists only with a node, hence a hidden
+    placeholder, removed once the real node exists.
+    """
+    import rclpy
+
+    global _warm_placeholder
+    rclpy.init(args=['--ros-args'])
+    _warm_placeholder = rclpy.create_node(f'_autodice_spare_{os.getpid()}', enable_rosout=False,
+                                          start_parameter_services=False)
+
+
+def spin_node(factory: Callable[..., Any], args: Sequence[str] | None = None,
               lifecycle_autostart: bool = False) -> int:
     """``main`` of every node: init, build, (auto-)start, spin, and shut down cleanly."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=list(args) if args is not None else sys.argv)
+    argv = list(args) if args is not None else sys.argv
+    node_kwargs: dict[str, Any] = {}
+    if _warm_placeholder is None:
+        rclpy.init(args=argv)
+    else:          # a warmed-up spare: the ROS arguments apply to this node only
+        node_kwargs['cli_args'] = argv[1:]
     node = None
     try:
-        node = factory()
+        node = factory(**node_kwargs)
+        if _warm_placeholder is not None:
+            _warm_placeholder.destroy_node()
         if lifecycle_autostart and node.get_parameter('autostart').value:
             from rclpy.lifecycle import TransitionCallbackReturn
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
