@@ -162,7 +162,7 @@ def compare(bundle_dir: Path, driver: PipelineDriver) -> tuple[int, int, float]:
 
 
 def run(bundle_dir: Path | None = None, kills: int = 3, rate_hz: float = 5.0, spacing_s: float = 3.0,
-        out: Path | None = None) -> dict[str, Any]:
+        out: Path | None = None, spare: bool = True) -> dict[str, Any]:
     """Measure; without a bundle, the zoo's SqueezeNet split three ways in a temporary directory."""
     if bundle_dir is None:
         from autodice_ros.bench.suite import split_bundle, zoo_model
@@ -171,7 +171,7 @@ def run(bundle_dir: Path | None = None, kills: int = 3, rate_hz: float = 5.0, sp
             work = Path(tmp)
             with contextlib.redirect_stdout(sys.stderr):     # stdout: the report alone
                 bundle_dir = split_bundle(work, zoo_model(work, 'squeezenet'), 3)
-            return run(bundle_dir, kills, rate_hz, spacing_s, out)
+            return run(bundle_dir, kills, rate_hz, spacing_s, out, spare)
     import rclpy
 
     manifest = load_bundle(bundle_dir, check_hashes=True).manifest
@@ -183,7 +183,7 @@ def run(bundle_dir: Path | None = None, kills: int = 3, rate_hz: float = 5.0, sp
     rclpy.init()
     node = rclpy.create_node('autodice_bench_faults')
     try:
-        with Runner(specs, restart='on-failure', max_restarts=max(5, kills)) as runner:
+        with Runner(specs, restart='on-failure', max_restarts=max(5, kills), spares=spare) as runner:
             driver = PipelineDriver(node, manifest, namespace, record_inputs=True)
             driver.wait_connected()
             feed = Feed(driver, runner, rate_hz)
@@ -206,7 +206,7 @@ def run(bundle_dir: Path | None = None, kills: int = 3, rate_hz: float = 5.0, sp
     report = {
         'benchmark': 'faults', 'bundle': str(bundle_dir), 'model': manifest.model.name,
         'partitions': len(manifest.partitions), 'killed_stage': victim, 'rate_hz': rate_hz,
-        'kills': kills, 'spacing_s': spacing_s, 'outages': rows,
+        'kills': kills, 'spacing_s': spacing_s, 'warm_spare': spare, 'outages': rows,
         'restart_s': [r['restart_s'] for r in rows], 'resume_s': resume,
         'resume_p50_s': statistics.median(measured) if measured else None,
         'resume_max_s': max(measured) if complete and measured else None,
@@ -229,7 +229,9 @@ def summary_line(report: dict[str, Any]) -> str:
 
     p50, worst = report['resume_p50_s'], report['resume_max_s']
     return (f"faults: {report['model']} K={report['partitions']}, {report['killed_stage']} SIGKILLed "
-            f"{report['kills']}x at {report['rate_hz']:g} Hz: restart {seconds(report['restart_s'])} s after "
+            f"{report['kills']}x at {report['rate_hz']:g} Hz, "
+            f"{'a warm spare' if report.get('warm_spare', True) else 'cold restarts'}: "
+            f"restart {seconds(report['restart_s'])} s after "
             f"the kill, resume {seconds(report['resume_s'])} s after the restart (p50 "
             f"{'-' if p50 is None else f'{p50:.2f}'}, max {'-' if worst is None else f'{worst:.2f}'}; "
             f"target <= {report['target_s']:g} s {'met' if report['target_met'] else 'NOT met'}), "

@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument('--rate', type=float, default=5.0, help='images per second fed in (default 5)')
     faults.add_argument('--spacing', type=float, default=3.0,
                         help='seconds of steady running after a resume before the next kill (default 3)')
+    faults.add_argument('--no-spare', dest='spare', action='store_false',
+                        help='restart cold, without the warm spare (as autodice run --no-spare)')
     faults.add_argument('-o', '--out', type=Path, help='write the JSON here (default: print it)')
     boards = sub.add_parser('boards', help='the pipeline on emulated boards (root): fps, latency, hops, '
                                            'CPU, RSS, bytes, energy; targets')
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                               args.in_process)
     elif args.bench == 'faults':
         from autodice_ros.bench import faults
-        report = faults.run(args.bundle, args.kills, args.rate, args.spacing, args.out)
+        report = faults.run(args.bundle, args.kills, args.rate, args.spacing, args.out, args.spare)
         if args.out is None:
             print(json.dumps(report, indent=2))
         print(faults.summary_line(report))
