@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,51 @@ def test_a_leased_slot_is_never_rewritten(tmp_path: Path) -> None:
     assert ring.write([('x', np.ones(4, np.float32))]) is None    # so the writer has nowhere to go
     del held, other
     assert ring.write([('x', np.ones(4, np.float32))]) is not None
+
+
+def test_a_reader_waits_for_a_writer_still_copying_the_named_frame(tmp_path: Path) -> None:
+    # the publisher sends the descriptor between claim and fill, so it can arrive mid-copy
+    ring, reader = fastpath.SlotRing(1, tmp_path), fastpath.SlotReader(tmp_path)
+    value = np.arange(1000, dtype=np.float32)
+    arrays = [('x', value)]
+    claim = ring.claim(fastpath.layout(arrays))
+    assert claim is not None and claim.written.sequence % 2 == 0
+    with pytest.raises(fastpath.SlotOverwrittenError, match='did not finish'):
+        reader.lease(claim.written.segment, claim.written.sequence, wait=0.05)
+    filler = threading.Timer(0.1, ring.fill, (claim, arrays))
+    filler.start()
+    start = time.monotonic()
+    data = reader.lease(claim.written.segment, claim.written.sequence)
+    assert time.monotonic() - start >= 0.05
+    assert np.array_equal(data[:value.nbytes].view(np.float32), value)
+    filler.join()
+
+
+def test_a_reader_does_not_wait_for_a_rewrite_with_another_frame(tmp_path: Path) -> None:
+    ring, reader = fastpath.SlotRing(1, tmp_path), fastpath.SlotReader(tmp_path)
+    arrays = [('x', np.zeros(4, np.float32))]
+    old = ring.write(arrays)
+    claim = ring.claim(fastpath.layout(arrays))                   # the next frame, same slot
+    assert old is not None and claim is not None and claim.written.segment == old.segment
+    start = time.monotonic()
+    with pytest.raises(fastpath.SlotOverwrittenError, match='being rewritten'):
+        reader.lease(old.segment, old.sequence, wait=5.0)
+    assert time.monotonic() - start < 1.0
+    ring.fill(claim, arrays)
+
+
+def test_a_failed_fill_never_completes_the_frame_its_descriptor_names(tmp_path: Path) -> None:
+    ring, reader = fastpath.SlotRing(1, tmp_path), fastpath.SlotReader(tmp_path)
+    arrays = [('x', np.zeros(4, np.float32))]
+    claim = ring.claim(fastpath.layout(arrays))
+    assert claim is not None
+    with pytest.raises(ValueError):
+        ring.fill(claim, [])                                      # fewer arrays than the layout
+    with pytest.raises(fastpath.SlotOverwrittenError):
+        reader.lease(claim.written.segment, claim.written.sequence, wait=0.05)
+    after = ring.write(arrays)                                    # the slot is usable again
+    assert after is not None and after.sequence % 2 == 0 and after.sequence > claim.written.sequence
+    assert reader.lease(after.segment, after.sequence) is not None
 
 
 def test_a_bigger_frame_gets_a_bigger_segment_and_close_unlinks(tmp_path: Path) -> None:

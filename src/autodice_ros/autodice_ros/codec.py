@@ -375,23 +375,27 @@ class TensorPublisher:
         if key != self._ref_key:        # a new set of tensors: lay it out and describe it, once
             self._describe(arrays)
             self._ref_key = key
+        assert self._layout is not None
         try:
-            written = self._ring.write(arrays, self._layout)
+            claim = self._ring.claim(self._layout)
         except OSError as exc:     # /dev/shm full or gone: this publisher carries on without it
             self._node.get_logger().error(f'topic {self._resolved!r}: shared memory failed ({exc}); '
                                           'publishing every frame as a TensorList from now on')
             self._stop_fast_path()
             self.failures += 1
             return False
-        if written is None:        # every slot is still held by a reader
+        if claim is None:          # every slot is still held by a reader
             self.failures += 1
             return False
         msg = self._ref_msg
         msg.header = header
         msg.frame = int(frame)
-        msg.segment = written.segment
-        msg.sequence = written.sequence
-        return self._send(self._refs, msg, 'shm')
+        msg.segment = claim.written.segment
+        msg.sequence = claim.written.sequence
+        try:                       # the descriptor first: the copy runs while it travels
+            return self._send(self._refs, msg, 'shm')
+        finally:
+            self._ring.fill(claim, arrays)
 
     def _describe(self, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> None:
         """The layout of these tensors in a slot and the descriptor message naming them."""

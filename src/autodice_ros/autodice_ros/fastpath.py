@@ -8,13 +8,18 @@ POSIX shared-memory segment ``/dev/shm/autodice_<pid>_<start>_<pidns>_<n>`` (own
 time and pid namespace, so a reaper can tell a live owner from a dead one or a reused pid). A slot
 starts with a 64-byte header (magic, sequence number), then the tensors, each 64-byte aligned.
 
-Seqlock plus leases. The writer takes an exclusive ``flock`` on the slot, makes the sequence odd,
-copies the tensors in, makes it even, and unlocks; the descriptor carries the even number. A
-reader takes a shared ``flock`` (a writer holding the slot means it is being rewritten: drop), then
-checks the sequence (another number means the slot was rewritten since: drop). It hands out
+Seqlock plus leases. The writer *claims* a slot (an exclusive ``flock``, the sequence made odd)
+and may send the descriptor, which names the even number the slot will have, right away: the copy
+then runs while the descriptor travels (a cold multi-MB copy takes about as long as the trip). It
+*fills* the slot: copies the tensors in, makes the sequence even, unlocks. A reader takes a shared
+``flock``. If the writer still holds the slot with the sequence just below the descriptor's (or
+equal to it, while unlocking), it is on this very frame: the reader waits for it, a bounded time;
+any other number means the slot is being rewritten: drop. Once locked, the reader checks the
+sequence (another number means the slot was rewritten since: drop). It hands out
 ``np.frombuffer`` views and keeps its shared lock while any of them is alive (a *lease*); the
 writer skips leased slots, so data a reader holds never changes underneath it. Locks die with
-their process, so a crashed reader never blocks a writer.
+their process, so a crashed reader never blocks a writer, and a writer that dies mid-copy leaves
+an odd sequence no descriptor names.
 
 Cleanup. Writers unlink their segments on ``close`` and at interpreter exit. A process killed
 outright leaves them behind: :func:`reap` (run whenever a publisher or subscriber starts, and when
@@ -35,6 +40,7 @@ import re
 import socket
 import struct
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -55,6 +61,8 @@ _SEQUENCE = struct.Struct('<Q')
 _SEQUENCE_AT = 8
 _NAME = re.compile(r'^autodice_(\d+)_(\d+)_(\d+)_[0-9a-f]+$')
 _counter = itertools.count()
+WRITE_WAIT = 0.25           # seconds a reader waits for a writer still copying the named frame
+_POLL_FIRST, _POLL_MAX = 50e-6, 1e-3    # its polling interval: starts short, doubles to this
 
 
 class SlotUnavailableError(Exception):
@@ -238,11 +246,21 @@ def _close_all(owner: int, segments: list[_Segment | None]) -> None:
     segments.clear()
 
 
+@dataclass(frozen=True, eq=False)
+class Claim:
+    """A slot taken for one frame (locked, sequence odd) until :meth:`SlotRing.fill` copies it in;
+    ``written`` is what its descriptor names, valid to send before the copy."""
+
+    slot: _Segment
+    written: Written
+
+
 class SlotRing:
     """A publisher's ring of shared-memory slots (created on first use, grown when a frame is bigger).
 
     ``write`` copies one frame in (the fast path's only copy) and returns where it went, or None
-    when every slot is leased by readers.
+    when every slot is leased by readers. ``claim`` then ``fill`` do the same in two steps, so
+    the descriptor can be sent between them.
     """
 
     def __init__(self, slots: int, shm_dir: Path = SHM_DIR) -> None:
@@ -260,8 +278,15 @@ class SlotRing:
     def write(self, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]],
               where: Layout | None = None) -> Written | None:
         """``where``: the arrays' :func:`layout`, when the caller keeps it from frame to frame."""
-        if where is None:
-            where = layout(arrays)
+        claim = self.claim(where if where is not None else layout(arrays))
+        if claim is None:
+            return None
+        self.fill(claim, arrays)
+        return claim.written
+
+    def claim(self, where: Layout) -> Claim | None:
+        """The next slot no reader holds, locked and marked as being written; None if all are held.
+        The caller must :meth:`fill` it (even when sending its descriptor failed)."""
         need = where.size
         count = len(self._slots)
         for attempt in range(count):
@@ -279,16 +304,21 @@ class SlotRing:
                 segment = _Segment(self._dir, -(-need // GRANULE) * GRANULE or GRANULE)
                 self._slots[index] = segment
                 fcntl.flock(segment.fd, fcntl.LOCK_EX)
-            try:
-                segment.set_sequence(segment.sequence + 1)           # odd: being written
-                for (_, arr), dst in zip(arrays, segment.views_for(where), strict=True):
-                    np.copyto(dst, arr)
-                segment.set_sequence(segment.sequence + 1)           # even: complete
-            finally:
-                fcntl.flock(segment.fd, fcntl.LOCK_UN)
+            odd = segment.sequence + (1 if segment.sequence % 2 == 0 else 2)   # odd after a failed fill too
+            segment.set_sequence(odd)                                # odd: being written
             self._next = index + 1
-            return Written(segment.name, segment.sequence, where)
+            return Claim(segment, Written(segment.name, segment.sequence + 1, where))
         return None
+
+    def fill(self, claim: Claim, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> None:
+        """Copy the claimed frame in, then mark the slot complete and let readers at it."""
+        segment = claim.slot
+        try:
+            for (_, arr), dst in zip(arrays, segment.views_for(claim.written.layout), strict=True):
+                np.copyto(dst, arr)
+            segment.set_sequence(claim.written.sequence)         # even: complete
+        finally:
+            fcntl.flock(segment.fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         self._finalizer()
@@ -323,14 +353,16 @@ class _Mapping:
         self._leases = 0
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self) -> bool:
+        """Take a lease; False while a writer holds the slot."""
         with self._lock:
             if self._leases == 0:
                 try:
                     fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    raise SlotOverwrittenError(f'segment {self.name} is being rewritten') from None
+                    return False
             self._leases += 1
+            return True
 
     def release(self) -> None:
         with self._lock:
@@ -364,11 +396,12 @@ class SlotReader:
             self._cache.move_to_end(name)
         return mapping
 
-    def lease(self, segment: str, sequence: int) -> np.ndarray[Any, Any]:
+    def lease(self, segment: str, sequence: int, wait: float = WRITE_WAIT) -> np.ndarray[Any, Any]:
         """The slot's data area as a read-only uint8 array; the slot stays leased while it (or any
-        view of it) is alive. Raises :class:`SlotOverwrittenError` or :class:`SlotUnavailableError`."""
+        view of it) is alive. A writer still copying this frame is waited for, up to ``wait``
+        seconds. Raises :class:`SlotOverwrittenError` or :class:`SlotUnavailableError`."""
         mapping = self._mapping(segment)
-        mapping.acquire()
+        self._acquire(mapping, sequence, wait)
         found = mapping.sequence()
         if found != sequence:
             mapping.release()
@@ -376,6 +409,20 @@ class SlotReader:
         data = np.frombuffer(mapping.map, np.uint8, mapping.data_size, HEADER_SIZE)
         weakref.finalize(data, mapping.release)
         return data
+
+    @staticmethod
+    def _acquire(mapping: _Mapping, sequence: int, wait: float) -> None:
+        deadline, pause = time.monotonic() + wait, _POLL_FIRST
+        while not mapping.acquire():
+            found = mapping.sequence()
+            if found not in (sequence - 1, sequence):    # (the writer may be unlocking this frame)
+                raise SlotOverwrittenError(f'segment {mapping.name} is being rewritten (sequence '
+                                           f'{found}, the descriptor has {sequence})')
+            if time.monotonic() >= deadline:
+                raise SlotOverwrittenError(f'segment {mapping.name}: its writer did not finish '
+                                           f'the frame within {wait:g} s')
+            time.sleep(pause)
+            pause = min(2 * pause, _POLL_MAX)
 
     def forget_dead(self) -> None:
         """Drop mappings of segments whose owner died (the memory is freed once unleased)."""
