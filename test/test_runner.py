@@ -90,7 +90,7 @@ def test_on_failure_policy_restarts_a_killed_stage(bundle: Path, spares: bool) -
         if spares:
             assert wait(lambda: runner.poll() is None and len(runner.spare_pids()) == 1
                         and runner.spare_pids() != waiting, 15.0)
-        # the killed stage's 64 MiB segments (memory in /dev/shm) did not outlive it
+        # the killed stage's segments (memory in /dev/shm) did not outlive it
         assert not [n for n in own_segments if (Path('/dev/shm') / n).exists()]
         spare_pids = runner.spare_pids()
     assert not [p for p in spare_pids if alive(p)]

@@ -1,11 +1,11 @@
 """Remove the shared-memory files a killed Fast DDS process leaves in /dev/shm.
 
 A Fast DDS participant maps a segment (``fastdds_<16 hex>``, as large as the profile's
-``segment_size``: 64 MiB with autodice's) and listening ports (``fastdds_port<N>``), each with a
-lock file (``..._el`` or ``..._sl``) that the owner holds with ``flock`` while it lives. A clean
-exit removes them; SIGKILL, an OOM kill or a crash does not. /dev/shm is memory, so a robot whose
-stages are restarted after crashes loses up to a segment of RAM per crash, and a restarted stage
-that reopens a dead port waits for Fast DDS's port health check before it can receive.
+``segment_size``: 16 MiB with autodice's board profile) and listening ports
+(``fastdds_port<N>``), each with a lock file (``..._el`` or ``..._sl``) that the owner holds with
+``flock`` while it lives. A clean exit removes them; SIGKILL, an OOM kill or a crash does not.
+/dev/shm is memory, so a robot whose stages are restarted after crashes loses a segment of RAM
+per crash.
 
 The test is the one ``fastdds shm clean`` uses: a lock file nobody holds belongs to a dead
 owner. Files younger than ``min_age_s`` are left alone, so a participant that is being created

@@ -4,8 +4,8 @@ The same :class:`~autodice_ros.plan.NodeSpec` list the launch file uses. Each ch
 ``PR_SET_PDEATHSIG`` so it never outlives the runner, even after ``kill -9``. SIGINT/SIGTERM to
 the runner stop every child (SIGINT, then SIGTERM, then SIGKILL after ``stop_timeout``) and reap
 them all. A child that dies is restarted when the policy says so; otherwise the runner stops the
-rest and exits non-zero. A killed child leaves its Fast DDS shared memory behind (a 64 MiB segment
-and its listening ports in /dev/shm): the runner removes such leftovers before it starts the
+rest and exits non-zero. A killed child leaves its Fast DDS shared memory behind (its segment and
+listening ports in /dev/shm): the runner removes such leftovers before it starts the
 nodes, before each restart and after the last node has stopped (:mod:`autodice_ros.ddsshm`).
 
 With restarts on, the runner keeps a warm spare per process environment

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-restarts', type=int, default=5, help='per node, with --restart')
     parser.add_argument('--no-spare', dest='spare', action='store_false',
                         help='with --restart on-failure: restart cold instead of keeping a warm spare '
-                             'process (saves its memory, about 100 MB, and makes a restart take '
+                             'process (saves its memory, about 85 MB, and makes a restart take '
                              'about 1.5 s longer)')
     parser.add_argument('--duration', type=float, default=0.0, help='stop after this many seconds')
     parser.add_argument('--print-plan', action='store_true', help='print the plan as JSON and exit')
