@@ -100,3 +100,26 @@ def test_board_argument_starts_only_that_boards_nodes(bundle: Path) -> None:
     expected = sum(1 for p in manifest.partitions if p.board == last.board) + 1   # + tail
     assert started == expected, out
     assert 'camera_head' not in out and out.count('process has finished cleanly') == expected
+
+
+def test_respawn_restarts_a_killed_stage(bundle: Path) -> None:
+    launcher()
+    last = load_bundle(bundle).manifest.partitions[-1]
+    ns = '/launch_respawn'
+    proc = launch(bundle, f'board:={last.board}', f'namespace:={ns}', 'respawn:=true')
+
+    def stage_pids() -> list[int]:
+        found = subprocess.run(['pgrep', '-f', f'__node:={last.name} .*__ns:={ns}'],
+                               capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
+
+    try:
+        with ros_node('launch_respawn_probe') as node:
+            assert spin_until(node, lambda: bool(stage_pids()), timeout=30.0)
+            first = stage_pids()
+            os.kill(first[0], signal.SIGKILL)
+            assert spin_until(node, lambda: bool(stage_pids()) and stage_pids() != first, timeout=15.0)
+        assert proc.poll() is None, 'the launcher exited instead of respawning'
+    finally:
+        out = stop(proc)
+    assert 'process has died' in out and out.count('[stage-') >= 2, out
