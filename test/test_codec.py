@@ -1,6 +1,8 @@
 """Tensor codec: numpy <-> autodice_msgs without DDS (the round trip over DDS is test_roundtrip)."""
 from __future__ import annotations
 
+import array
+
 import numpy as np
 import pytest
 from std_msgs.msg import Header
@@ -140,3 +142,75 @@ def test_tensor_list_missing_or_duplicated_tensor_is_refused() -> None:
 
 def test_every_code_has_a_little_endian_dtype() -> None:
     assert all(dt.byteorder in ('<', '|') for dt in CODE_DTYPES.values())
+
+
+# -- the descriptor's wire format (written and read without rclpy's message conversion) --------
+
+def _descriptor(rng: np.random.Generator, frame_id: str, host: str, segment: str) -> tuple:
+    from autodice_msgs.msg import TensorListRef, TensorRef
+
+    msg = TensorListRef()
+    msg.header.stamp.sec = int(rng.integers(-2**31, 2**31))
+    msg.header.stamp.nanosec = int(rng.integers(0, 2**32))
+    msg.header.frame_id = frame_id
+    msg.frame = int(rng.integers(0, 2**64, dtype=np.uint64))
+    msg.host = host
+    msg.segment = segment
+    msg.sequence = int(rng.integers(0, 2**64, dtype=np.uint64))
+    for index in range(int(rng.integers(0, 4))):
+        ref = TensorRef()
+        ref.name = 'é' * index + 'n' * int(rng.integers(0, 7))
+        ref.dtype = int(rng.integers(0, 256))
+        ref.shape = array.array('I', rng.integers(0, 2**32, size=int(rng.integers(0, 6)), dtype=np.uint64))
+        ref.offset = int(rng.integers(0, 2**64, dtype=np.uint64))
+        msg.tensors.append(ref)
+    return msg
+
+
+def test_the_descriptor_is_written_and_read_as_rclpy_does() -> None:
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from autodice_msgs.msg import TensorListRef
+    from autodice_ros.codec import RefReader, RefWire
+
+    rng = np.random.default_rng(3)
+    reader = RefReader()
+    for trial in range(400):
+        texts = ['x' * int(rng.integers(0, 13)) + ('ü' if trial % 3 == 0 else '') for _ in range(3)]
+        msg = _descriptor(rng, *texts)
+        raw = RefWire(msg.host, msg.tensors).encode(msg.header, msg.frame, msg.segment, msg.sequence)
+        theirs = serialize_message(msg)      # (its alignment padding is whatever the buffer held)
+        assert raw is not None and len(raw) == len(theirs)
+        assert deserialize_message(raw, TensorListRef) == msg
+        got = reader.decode(theirs)
+        assert got is not None
+        want = deserialize_message(theirs, TensorListRef)
+        assert got.header == want.header and isinstance(got.header, Header)
+        assert (got.frame, got.host, got.segment, got.sequence) == (want.frame, want.host, want.segment,
+                                                                    want.sequence)
+        assert [(t.name, t.dtype, t.shape, t.offset) for t in got.tensors] == \
+            [(t.name, t.dtype, tuple(t.shape), t.offset) for t in want.tensors]
+
+
+def test_unusual_descriptors_are_left_to_rclpy() -> None:
+    from rclpy.serialization import serialize_message
+
+    from autodice_ros.codec import RefReader, RefWire
+
+    rng = np.random.default_rng(4)
+    msg = _descriptor(rng, 'cam', 'host', 'seg')
+    wire = RefWire(msg.host, msg.tensors)
+    msg.header.frame_id = 'a\0b'                       # rclpy cuts at the NUL: leave it to rclpy
+    assert wire.encode(msg.header, msg.frame, msg.segment, msg.sequence) is None
+    assert wire.encode(msg.header, msg.frame, 'seg\0', msg.sequence) is None
+    msg.header.frame_id = 'cam'
+    assert wire.encode(msg.header, -1, msg.segment, msg.sequence) is None
+    with pytest.raises(ValueError):
+        RefWire('ho\0st', msg.tensors)
+    raw = serialize_message(msg)
+    reader = RefReader()
+    assert reader.decode(raw) is not None
+    for bad in (raw + b'\0\0\0\0', raw[:-1], b'\0\0' + raw[2:], raw[:12] + b'\xff' + raw[13:],
+                b'', b'\0' * 3):
+        assert reader.decode(bad) is None
+    assert reader.decode(raw.replace(b'cam\0', b'c\xffm\0')) is None         # not UTF-8
