@@ -104,6 +104,32 @@ def test_a_failed_fill_never_completes_the_frame_its_descriptor_names(tmp_path: 
     assert reader.lease(after.segment, after.sequence) is not None
 
 
+def test_another_process_never_sees_a_sequence_number_being_written(tmp_path: Path) -> None:
+    """A reader polling the sequence while the writer claims and fills sees only the old or the
+    new number (never a half-written one, which would drop a good frame as overwritten)."""
+    ring = fastpath.SlotRing(1, tmp_path)
+    arrays = [('x', np.zeros(1, np.uint8))]
+    first = ring.write(arrays)
+    assert first is not None
+    reader = fastpath.SlotReader(tmp_path)._mapping(first.segment)
+    child = os.fork()
+    if child == 0:                      # the reader: any 0 (the slot never holds 0 again) fails
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            for _ in range(1000):
+                if reader.sequence() == 0:
+                    os._exit(1)
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            assert ring.write(arrays) is not None
+    finally:
+        _, status = os.waitpid(child, 0)
+        ring.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_a_bigger_frame_gets_a_bigger_segment_and_close_unlinks(tmp_path: Path) -> None:
     ring = fastpath.SlotRing(1, tmp_path)
     small = ring.write([('x', np.zeros(10, np.uint8))])

@@ -212,6 +212,9 @@ class _Segment:
         self.map[:8] = MAGIC
         self.capacity = capacity
         self.sequence = 0
+        # one aligned 8-byte store per change (struct.pack_into zero-fills the field first: a reader
+        # in another process could see 0 for a moment and call the frame overwritten)
+        self._sequence_word = np.frombuffer(self.map, np.dtype('<u8'), 1, _SEQUENCE_AT)
         self.layout: Layout | None = None
         self.views: list[np.ndarray[Any, Any]] = []
 
@@ -225,7 +228,7 @@ class _Segment:
 
     def set_sequence(self, value: int) -> None:
         self.sequence = value
-        _SEQUENCE.pack_into(self.map, _SEQUENCE_AT, value)
+        self._sequence_word[0] = value
 
     def close(self) -> None:
         try:
@@ -233,6 +236,7 @@ class _Segment:
         except FileNotFoundError:      # a reaper or a test got there first
             pass
         self.views = []                # the mapping cannot close while views of it exist
+        del self._sequence_word
         self.map.close()
         os.close(self.fd)
 
