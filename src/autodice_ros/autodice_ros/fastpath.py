@@ -62,7 +62,10 @@ _SEQUENCE_AT = 8
 _NAME = re.compile(r'^autodice_(\d+)_(\d+)_(\d+)_[0-9a-f]+$')
 _counter = itertools.count()
 WRITE_WAIT = 0.25           # seconds a reader waits for a writer still copying the named frame
-_POLL_FIRST, _POLL_MAX = 50e-6, 1e-3    # its polling interval: starts short, doubles to this
+_SPIN = 2e-3                # it first polls without sleeping (yielding the CPU) this long: a
+                            # sleep overshoots by tens of microseconds, and a cold 3 MB copy ends
+                            # a few hundred microseconds after the descriptor arrives
+_POLL_FIRST, _POLL_MAX = 50e-6, 1e-3    # then sleeps: starts short, doubles to this
 
 
 class SlotUnavailableError(Exception):
@@ -416,17 +419,25 @@ class SlotReader:
 
     @staticmethod
     def _acquire(mapping: _Mapping, sequence: int, wait: float) -> None:
-        deadline, pause = time.monotonic() + wait, _POLL_FIRST
-        while not mapping.acquire():
+        if mapping.acquire():
+            return
+        start, pause = time.monotonic(), _POLL_FIRST
+        while True:
             found = mapping.sequence()
             if found not in (sequence - 1, sequence):    # (the writer may be unlocking this frame)
                 raise SlotOverwrittenError(f'segment {mapping.name} is being rewritten (sequence '
                                            f'{found}, the descriptor has {sequence})')
-            if time.monotonic() >= deadline:
+            waited = time.monotonic() - start
+            if waited >= wait:
                 raise SlotOverwrittenError(f'segment {mapping.name}: its writer did not finish '
                                            f'the frame within {wait:g} s')
-            time.sleep(pause)
-            pause = min(2 * pause, _POLL_MAX)
+            if waited < _SPIN:
+                os.sched_yield()
+            else:
+                time.sleep(pause)
+                pause = min(2 * pause, _POLL_MAX)
+            if mapping.acquire():
+                return
 
     def forget_dead(self) -> None:
         """Drop mappings of segments whose owner died (the memory is freed once unleased)."""
