@@ -171,7 +171,7 @@ def test_the_descriptor_is_written_and_read_as_rclpy_does() -> None:
     from rclpy.serialization import deserialize_message, serialize_message
 
     from autodice_msgs.msg import TensorListRef
-    from autodice_ros.codec import RefReader, RefWire
+    from autodice_ros.refwire import RefReader, RefWire
 
     rng = np.random.default_rng(3)
     reader = RefReader()
@@ -195,7 +195,7 @@ def test_the_descriptor_is_written_and_read_as_rclpy_does() -> None:
 def test_unusual_descriptors_are_left_to_rclpy() -> None:
     from rclpy.serialization import serialize_message
 
-    from autodice_ros.codec import RefReader, RefWire
+    from autodice_ros.refwire import RefReader, RefWire
 
     rng = np.random.default_rng(4)
     msg = _descriptor(rng, 'cam', 'host', 'seg')

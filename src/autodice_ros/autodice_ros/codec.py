@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import array
 import math
-import struct
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from autodice_ros import fastpath
 from autodice_ros.errors import FrameDroppedError, StaleFrameError, TensorError, UndecodableError
+from autodice_ros.refwire import RefReader, RefWire
 from autodice_ros.rosutil import subscribe_decoding
 
 if TYPE_CHECKING:
@@ -197,184 +197,6 @@ def decode_ref(msg: Any, data: np.ndarray[Any, Any], expect: Sequence[TensorSpec
                               f'{data.size}-byte slot {msg.segment} (or are misaligned)')
         arrays[ref.name] = _native(data[start:start + nbytes].view(dtype).reshape(shape))
     return Frame(msg.header, int(msg.frame), arrays)
-
-
-# -- the descriptor on the wire ----------------------------------------------------------------
-#
-# A TensorListRef is a few dozen bytes sent every frame, so the fast path writes and reads its CDR
-# (what rclpy's serializer makes of it: XCDR1, little-endian) directly, skipping rclpy's generic
-# message conversion (tens of microseconds a frame each way). Only the header, frame, segment and
-# sequence change from frame to frame; the host and the tensors are bytes kept from the last frame.
-# Anything unusual is left to rclpy: the writer sends the message itself, the reader deserializes
-# with rclpy (which also decides what does not deserialize). Unit tests hold both ends to rclpy's
-# bytes.
-
-_CDR_LE = b'\x00\x01\x00\x00'      # encapsulation: plain CDR, little-endian
-_STAMP = struct.Struct('<iII')         # header.stamp.sec, .nanosec, header.frame_id's length
-_U32 = struct.Struct('<I')
-_U64 = struct.Struct('<Q')
-_REF_ITEM = struct.Struct('<B')
-
-
-def _cdr_string(text: str) -> bytes | None:
-    """A CDR string (length with the terminator, UTF-8, NUL); None where rclpy would write other
-    bytes (it cuts a string at an embedded NUL) or refuse it."""
-    if '\0' in text:
-        return None
-    try:
-        data = text.encode()
-    except UnicodeEncodeError:
-        return None
-    return _U32.pack(len(data) + 1) + data + b'\0'
-
-
-def _pad(length: int, align: int) -> bytes:
-    return b'\0' * (-length % align)
-
-
-class RefWire:
-    """Writes one publisher's TensorListRef CDR for a fixed set of tensors and host."""
-
-    def __init__(self, host: str, tensors: Sequence[Any]) -> None:
-        host_cdr = _cdr_string(host)
-        if host_cdr is None:
-            raise ValueError(f'host {host!r}: rclpy would not write it as it is')
-        block = bytearray(_U32.pack(len(tensors)))       # starts 8-aligned (after the sequence)
-        for ref in tensors:
-            name = _cdr_string(ref.name)
-            if name is None:
-                raise ValueError(f'tensor name {ref.name!r}: rclpy would not write it as it is')
-            block += name + _REF_ITEM.pack(ref.dtype)
-            block += _pad(len(block), 4) + _U32.pack(len(ref.shape))
-            block += b''.join(_U32.pack(d) for d in ref.shape)
-            block += _pad(len(block), 8) + _U64.pack(ref.offset)
-        self._host = host_cdr
-        self._tensors = bytes(block)
-        self._segments: dict[str, bytes] = {}
-
-    def encode(self, header: Any, frame: int, segment: str, sequence: int) -> bytes | None:
-        """The serialized descriptor; None when rclpy should serialize this one (an unusual header)."""
-        seg = self._segments.get(segment)
-        if seg is None:
-            seg = _cdr_string(segment)
-            if seg is None:
-                return None
-            self._segments[segment] = seg
-        try:
-            stamp = header.stamp
-            frame_id = header.frame_id
-            if '\0' in frame_id:
-                return None
-            fid = frame_id.encode()
-            parts = [_STAMP.pack(stamp.sec, stamp.nanosec, len(fid) + 1), fid, b'\0']
-            length = 13 + len(fid)
-            parts += [_pad(length, 8), _U64.pack(frame), self._host]
-            length += -length % 8 + 8 + len(self._host)
-            parts += [_pad(length, 4), seg]
-            length += -length % 4 + len(seg)
-            parts += [_pad(length, 8), _U64.pack(sequence), self._tensors]
-        except (AttributeError, TypeError, UnicodeEncodeError, struct.error):
-            return None
-        return _CDR_LE + b''.join(parts)
-
-
-class RefView(NamedTuple):
-    """One tensor of a descriptor read by :class:`RefReader` (the fields of ``TensorRef``)."""
-
-    name: str
-    dtype: int
-    shape: tuple[int, ...]
-    offset: int
-
-
-class RefDescriptor(NamedTuple):
-    """A descriptor read by :class:`RefReader` (the fields of ``TensorListRef``)."""
-
-    header: Any
-    frame: int
-    host: str
-    segment: str
-    sequence: int
-    tensors: tuple[RefView, ...]
-
-
-class _MalformedError(Exception):
-    pass
-
-
-def _read_string(raw: bytes, pos: int) -> tuple[str, int]:
-    """A CDR string at ``pos`` (4-aligned already); only the ones rclpy reads the same way."""
-    (length,) = _U32.unpack_from(raw, pos)
-    end = pos + 4 + length
-    if length == 0 or end > len(raw) or raw[end - 1] != 0:
-        raise _MalformedError
-    data = raw[pos + 4:end - 1]
-    if b'\0' in data:
-        raise _MalformedError
-    try:
-        return data.decode(), end
-    except UnicodeDecodeError:
-        raise _MalformedError from None
-
-
-class RefReader:
-    """Reads TensorListRef CDR; the tensors of the last descriptor are kept (they rarely change)."""
-
-    def __init__(self) -> None:
-        from std_msgs.msg import Header
-
-        self._header_type = Header
-        self._block = b''
-        self._tensors: tuple[RefView, ...] = ()
-
-    def decode(self, raw: bytes) -> RefDescriptor | None:
-        """The descriptor; None for anything but plain well-formed CDR (rclpy then decides)."""
-        try:
-            return self._decode(raw)
-        except (_MalformedError, struct.error, IndexError):
-            return None
-
-    def _decode(self, raw: bytes) -> RefDescriptor:
-        if raw[:4] != _CDR_LE:
-            raise _MalformedError
-        body = raw[4:]
-        sec, nanosec, _ = _STAMP.unpack_from(body, 0)
-        frame_id, pos = _read_string(body, 8)
-        pos += -pos % 8
-        (frame,) = _U64.unpack_from(body, pos)
-        host, pos = _read_string(body, pos + 8)
-        segment, pos = _read_string(body, pos + -pos % 4)
-        pos += -pos % 8
-        (sequence,) = _U64.unpack_from(body, pos)
-        block = body[pos + 8:]
-        if block != self._block:
-            self._tensors = self._read_tensors(block)
-            self._block = block
-        header = self._header_type()
-        header.stamp.sec = sec
-        header.stamp.nanosec = nanosec
-        header.frame_id = frame_id
-        return RefDescriptor(header, frame, host, segment, sequence, self._tensors)
-
-    @staticmethod
-    def _read_tensors(block: bytes) -> tuple[RefView, ...]:
-        """The tensors part (it starts 8-aligned); must end exactly at the message's end."""
-        (count,) = _U32.unpack_from(block, 0)
-        pos, tensors = 4, []
-        for _ in range(count):
-            name, pos = _read_string(block, pos + -pos % 4)
-            dtype = block[pos]
-            pos += 1 + -(pos + 1) % 4
-            (rank,) = _U32.unpack_from(block, pos)
-            shape = struct.unpack_from(f'<{rank}I', block, pos + 4)
-            pos += 4 + 4 * rank
-            pos += -pos % 8
-            (offset,) = _U64.unpack_from(block, pos)
-            pos += 8
-            tensors.append(RefView(name, dtype, shape, offset))
-        if pos != len(block):
-            raise _MalformedError
-        return tuple(tensors)
 
 
 @dataclass(frozen=True)
