@@ -10,8 +10,8 @@ nodes, before each restart and after the last node has stopped (:mod:`autodice_r
 
 With restarts on, the runner keeps a warm spare per process environment
 (:mod:`autodice_ros.nodes.spare`): already imported and discovered, it becomes the failed node,
-which cuts a restart's outage to the node's own configuration. A new spare starts a few seconds
-later, once the restarted node has the CPU it needs.
+which cuts a restart's outage to the node's own configuration. A new spare starts a second
+later, once the restarted node has had the CPU it needs to start.
 """
 from __future__ import annotations
 
@@ -106,24 +106,31 @@ class Runner:
         self._start_due_spares()
 
     def _spawn(self, child: Child) -> None:
-        how = 'started'
-        key = _env_key(child.spec)
-        warm = self._spares.pop(key, None) if _adoptable(child.spec) else None
-        if warm is not None and warm.poll() is None and warm.stdin is not None:
-            try:
-                warm.stdin.write(spare.command_line(child.spec.executable, child.spec.ros_arguments()))
-                warm.stdin.close()
-                child.process, how = warm, 'handed to the warm spare'
-            except OSError:       # the spare died meanwhile: start cold
-                pass
-            self._spares_due[key] = time.monotonic() + SPARE_DELAY_S
-        if how == 'started':
+        process = self._hand_to_spare(child.spec)
+        how = 'handed to the warm spare' if process is not None else 'started'
+        if process is None:
             env = {**os.environ, **child.spec.env}
-            child.process = subprocess.Popen(node_command(child.spec), env=env, preexec_fn=_die_with_parent)
-        assert child.process is not None
+            process = subprocess.Popen(node_command(child.spec), env=env, preexec_fn=_die_with_parent)
+        child.process = process
         child.started_at = time.monotonic()
         self._log(f'{how} {child.spec.namespace}/{child.spec.name} ({child.spec.executable}, '
-                  f'board {child.spec.board}) pid {child.process.pid}')
+                  f'board {child.spec.board}) pid {process.pid}')
+
+    def _hand_to_spare(self, spec: NodeSpec) -> subprocess.Popen[bytes] | None:
+        """The spare waiting with this node's environment, now becoming the node; None: start cold."""
+        key = _env_key(spec)
+        warm = self._spares.pop(key, None) if _adoptable(spec) else None
+        if warm is None:
+            return None
+        self._spares_due[key] = time.monotonic() + SPARE_DELAY_S
+        if warm.poll() is not None or warm.stdin is None:
+            return None
+        try:
+            warm.stdin.write(spare.command_line(spec.executable, spec.ros_arguments()))
+            warm.stdin.close()
+        except OSError:           # the spare died meanwhile
+            return None
+        return warm
 
     def _start_due_spares(self) -> None:
         now = time.monotonic()
