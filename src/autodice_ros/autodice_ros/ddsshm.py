@@ -74,18 +74,3 @@ def reap_zombies(shm_dir: Path = SHM_DIR, min_age_s: float = 1.0) -> list[str]:
                 break        # another user's files: not ours to remove
     return removed
 
-
-def footprint(shm_dir: Path = SHM_DIR) -> int:
-    """Bytes of memory Fast DDS files in ``shm_dir`` occupy (allocated blocks, not sizes)."""
-    total = 0
-    try:
-        names = os.listdir(shm_dir)
-    except OSError:
-        return 0
-    for name in names:
-        if name.startswith(('fastdds_', 'sem.fastdds_')):
-            try:
-                total += (shm_dir / name).stat().st_blocks * 512
-            except OSError:
-                pass
-    return total
