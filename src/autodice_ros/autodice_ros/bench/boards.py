@@ -81,8 +81,9 @@ BOARDS_CONFIG = 'boards.yaml'
 # pages them out and reads them back every frame rather than being OOM-killed for them; what
 # cannot be paged out is the processes (camera head + tail + `autodice run` ~130 MiB, a stage
 # 135-340 MiB: activations, ONNX Runtime's buffers) and DDS shared memory (~220 MiB with the
-# one-board profile). Measured here (cgroup peaks; a frame in, then three): the whole model on one
-# board peaks at 1091 MiB unlimited (anon 315, weights 548, shm 222); at 1 GiB it runs at its limit
+# one-board profile's former 64 MiB segment, 16 MiB a process since). Measured here with that
+# segment (cgroup peaks; a frame in, then three): the whole model on one board peaks at 1091 MiB
+# unlimited (anon 315, weights 548, shm 222); at 1 GiB it runs at its limit
 # (re-reading 0.5-3.3 GiB over the demo); at 576 MiB it thrashes (stopped at 4 x its weights
 # re-read, ~20 s; left alone once OOM-killed, once 3.5 x slower re-reading 16.8 GiB); at 512-544
 # MiB it is OOM-killed. The partitioner's 3-way plan puts fc6-fc8 (494 MB) and the tail on one
