@@ -253,10 +253,10 @@ def _close_all(owner: int, segments: list[_Segment | None]) -> None:
     segments.clear()
 
 
-@dataclass(frozen=True, eq=False)
-class Claim:
+class Claim(NamedTuple):
     """A slot taken for one frame (locked, sequence odd) until :meth:`SlotRing.fill` copies it in;
-    ``written`` is what its descriptor names, valid to send before the copy."""
+    ``written`` is what its descriptor names, valid to send before the copy. (A tuple: a frozen
+    dataclass costs more than the rest of ``claim`` on a cold frame path.)"""
 
     slot: _Segment
     written: Written
@@ -333,6 +333,9 @@ class SlotRing:
 
 # -- reading -----------------------------------------------------------------------------------
 
+_LEASE_HOLDERS: dict[int, weakref.ref[np.ndarray[Any, Any]]] = {}   # by id (arrays are unhashable)
+
+
 class _Mapping:
     """A reader's read-only mapping of one segment; its shared lock is held while leases exist."""
 
@@ -370,6 +373,17 @@ class _Mapping:
                     return False
             self._leases += 1
             return True
+
+    def hold(self, data: np.ndarray[Any, Any]) -> None:
+        """Release one lease once ``data`` and every view of it are gone. A bare weak reference,
+        kept in a module-level dict so it outlives this mapping's other owners (like
+        ``weakref.finalize``'s registry, at a fraction of its cost on a cold frame path)."""
+        holder = weakref.ref(data, self._dropped)
+        _LEASE_HOLDERS[id(holder)] = holder
+
+    def _dropped(self, holder: weakref.ref[np.ndarray[Any, Any]]) -> None:
+        _LEASE_HOLDERS.pop(id(holder), None)
+        self.release()
 
     def release(self) -> None:
         with self._lock:
@@ -414,7 +428,7 @@ class SlotReader:
             mapping.release()
             raise SlotOverwrittenError(f'segment {segment}: sequence {found}, the descriptor has {sequence}')
         data = np.frombuffer(mapping.map, np.uint8, mapping.data_size, HEADER_SIZE)
-        weakref.finalize(data, mapping.release)
+        mapping.hold(data)
         return data
 
     @staticmethod
