@@ -17,7 +17,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -183,19 +183,44 @@ def decode_list(msg: Any, expect: Sequence[TensorSpec] | None = None, where: str
     return Frame(msg.header, int(msg.frame), arrays)
 
 
-def decode_ref(msg: Any, data: np.ndarray[Any, Any], expect: Sequence[TensorSpec] | None = None,
-               where: str = '') -> Frame:
-    """A ``TensorListRef``'s tensors as views of ``data`` (a leased slot), validated like
-    :func:`decode_list`, plus: every tensor lies inside the slot."""
-    arrays = {}
-    for ref, spec in _select(msg.tensors, expect, where):
+class RefSlice(NamedTuple):
+    """Where one tensor of a descriptor lies in its slot, validated (see :func:`ref_layout`)."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    start: int
+    nbytes: int
+
+
+def ref_layout(tensors: Sequence[Any], expect: Sequence[TensorSpec] | None = None,
+               where: str = '') -> tuple[RefSlice, ...]:
+    """A descriptor's tensors (``TensorRef`` fields), validated like :func:`decode_list`. The same
+    for every frame of a stream: subscribers keep it while the descriptor's tensors do not change."""
+    slices = []
+    for ref, spec in _select(tensors, expect, where):
         label = f'{where}tensor {ref.name!r}'
         dtype, shape = check_tensor(label, ref.name, ref.dtype, ref.shape, None, spec)
         start, nbytes = int(ref.offset), math.prod(shape) * dtype.itemsize
-        if start + nbytes > data.size or start % dtype.itemsize:
-            raise TensorError(f'{label}: field offset: {nbytes} bytes at {start} do not fit the '
-                              f'{data.size}-byte slot {msg.segment} (or are misaligned)')
-        arrays[ref.name] = _native(data[start:start + nbytes].view(dtype).reshape(shape))
+        if start % dtype.itemsize:
+            raise TensorError(f'{label}: field offset: {start} is not a multiple of the '
+                              f'{dtype.itemsize}-byte {dtype.name} (misaligned)')
+        slices.append(RefSlice(ref.name, dtype, shape, start, nbytes))
+    return tuple(slices)
+
+
+def decode_ref(msg: Any, data: np.ndarray[Any, Any], expect: Sequence[TensorSpec] | None = None,
+               where: str = '', layout: Sequence[RefSlice] | None = None) -> Frame:
+    """A ``TensorListRef``'s tensors as views of ``data`` (a leased slot), validated like
+    :func:`decode_list`, plus: every tensor lies inside the slot. ``layout``: the message's
+    :func:`ref_layout`, when the caller keeps it."""
+    arrays = {}
+    for place in layout if layout is not None else ref_layout(msg.tensors, expect, where):
+        end = place.start + place.nbytes
+        if end > data.size:
+            raise TensorError(f'{where}tensor {place.name!r}: field offset: {place.nbytes} bytes at '
+                              f'{place.start} do not fit the {data.size}-byte slot {msg.segment}')
+        arrays[place.name] = _native(data[place.start:end].view(place.dtype).reshape(place.shape))
     return Frame(msg.header, int(msg.frame), arrays)
 
 
@@ -490,6 +515,8 @@ class TensorSubscriber:
         self._fast = enabled if fast_path is None else fast_path and enabled
         self._reader = fastpath.SlotReader() if self._fast else None
         self._ref_reader = RefReader()
+        self._ref_tensors: Any = None
+        self._ref_layout: tuple[RefSlice, ...] = ()
         self._guard: Any = None
         self._timer: Any = None
         if not self._fast:
@@ -628,7 +655,10 @@ class TensorSubscriber:
                 f'before it was read ({exc})'))
             return
         try:
-            frame = decode_ref(msg, data, self._expect, where=self._where)
+            if msg.tensors is not self._ref_tensors:      # (RefReader keeps one tuple per stream)
+                self._ref_layout = ref_layout(msg.tensors, self._expect, self._where)
+                self._ref_tensors = msg.tensors
+            frame = decode_ref(msg, data, where=self._where, layout=self._ref_layout)
         except TensorError as exc:
             self._on_error(self.topic, exc)
             return
