@@ -301,6 +301,26 @@ def test_a_reader_on_another_host_falls_back_to_tensor_lists(tmp_path: Path) -> 
     assert run.pub['sent'].get('payload', 0) >= 1
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which('unshare') is None,
+                    reason='needs root and unshare for a mount namespace')
+def test_a_reader_told_its_publisher_is_remote_loses_not_even_the_first_frame(tmp_path: Path) -> None:
+    # payload_first (the plan's remote_boards): TensorLists from the start, so the first frame,
+    # whose descriptor names a slot this reader cannot map, still arrives
+    private = ('unshare', '--mount', '--propagation', 'private')
+    run = exchange(tmp_path, f'fastpath_remote_{os.getpid()}', sub_fast='first', count=30, period=0.05,
+                   sub_prefix=private)
+    assert run.sub['frames'] == list(range(30)) and run.sub['received'] == {'payload': 30}
+    assert run.sub['wrong'] == [] and not run.sub['drops'] and run.sub['path'] == 'payload'
+
+
+def test_a_reader_told_its_publisher_is_remote_takes_shared_memory_when_it_is_local(tmp_path: Path) -> None:
+    # the first descriptor shows the publisher on this host: the TensorList topic goes
+    run = exchange(tmp_path, f'fastpath_first_{os.getpid()}', sub_fast='first', count=6, period=0.1)
+    assert run.sub['frames'] == [0, 1, 2, 3, 4, 5] and run.sub['path'] == 'shm'
+    assert run.sub['received'].get('shm', 0) >= 4 and not run.sub['drops'] and run.sub['wrong'] == []
+    assert run.pub['sent'].get('payload', 0) <= 2       # TensorLists stop once the reader switched
+
+
 def test_a_slow_reader_drops_overwritten_frames_and_never_sees_wrong_data(tmp_path: Path) -> None:
     # two slots; the reader holds frame 0's arrays to the end, so only one slot keeps turning
     run = exchange(tmp_path, f'fastpath_slow_{os.getpid()}', count=12, slots=2, period=0.01, delay=0.3)

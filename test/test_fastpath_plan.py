@@ -25,6 +25,26 @@ def test_every_tensor_node_gets_the_fast_path_switch(tmp_path: Path) -> None:
     assert {'fast_path', 'in_process'} <= {name for name, *_ in option_fields()}
 
 
+def test_receivers_of_one_board_of_several_start_on_tensor_lists_from_other_boards(tmp_path: Path) -> None:
+    from autodice_ros.nodes.common import remote_inputs
+
+    bundle = three_stage_bundle(tmp_path)
+    here = {s.name: s.parameters.get('remote_boards') for s in make_plan(bundle)}
+    assert here == {'image_source': None, 'camera_head': None, 'p0': False, 'p1': False, 'p2': False,
+                    'tail': False}                  # every board on this machine: nothing is remote
+    board_b = make_plan(bundle, PlanOptions(board='b', source='none'))
+    assert {s.name: s.parameters.get('remote_boards') for s in board_b} == {'p1': True, 'p2': True,
+                                                                            'tail': True}
+    stages_b = make_plan(bundle, PlanOptions(board='b', source='none', in_process=True))
+    assert stages_b[0].parameters['remote_boards'] is True
+    manifest = load_bundle(bundle).manifest
+    p1, p2 = manifest.partition('p1'), manifest.partition('p2')
+    assert remote_inputs(True, manifest, 'b', p2.input_topics()) == {p1.inputs[0].topic}   # p0's, from a
+    assert remote_inputs(True, manifest, 'b', manifest.output_topics()) == set()          # tail next to p2
+    assert remote_inputs(True, manifest, 'a', manifest.partition('p0').input_topics()) == set()  # the head's
+    assert remote_inputs(False, manifest, 'b', p2.input_topics()) == set()
+
+
 def test_in_process_runs_a_boards_stages_in_one_process(tmp_path: Path) -> None:
     bundle = three_stage_bundle(tmp_path)
     specs = make_plan(bundle, PlanOptions(in_process=True))     # no board: all of them, here

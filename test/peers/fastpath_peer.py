@@ -3,7 +3,8 @@
 pub TOPIC DIR FAST SLOTS COUNT PERIOD READERS: wait for READERS subscribers, publish COUNT frames
     (DIR/sent.npz's tensors, or with no such file frame i as 'x' = full((64, 64), i)), PERIOD s
     apart, write DIR/pub.json, then spin until SIGINT.
-sub TOPIC DIR FAST COUNT DELAY: receive until COUNT frames arrived or were dropped, or 2 s passed
+sub TOPIC DIR FAST COUNT DELAY: (FAST 'first': on, and TensorLists too until the first descriptor,
+    as for a publisher on another board) receive until COUNT frames arrived or were dropped, or 2 s passed
     without either (DELAY s in each callback: a slow reader); keep the first frame's arrays alive
     to the end; write DIR/sub.json and DIR/received.npz.
 plain TOPIC DIR COUNT: an ordinary rclpy subscription to the TensorList topic; COUNT messages,
@@ -56,7 +57,7 @@ def publish(topic: str, out: Path, slots: int, count: int, period: float, reader
     return 0
 
 
-def subscribe(topic: str, out: Path, count: int, delay: float) -> int:
+def subscribe(topic: str, out: Path, count: int, delay: float, payload_first: bool = False) -> int:
     node = rclpy.create_node('fastpath_sub')
     frames: list[int] = []
     held: list[Frame] = []      # the first frame only: a reader that keeps frames keeps their slots
@@ -75,7 +76,7 @@ def subscribe(topic: str, out: Path, count: int, delay: float) -> int:
     def on_error(_topic: str, exc: TensorError) -> None:
         errors.append(f'{type(exc).__name__}: {exc}')
 
-    sub = TensorSubscriber(node, topic, QOS, None, on_frame, on_error)
+    sub = TensorSubscriber(node, topic, QOS, None, on_frame, on_error, payload_first=payload_first)
     seen = [0, time.monotonic()]
 
     def finished() -> bool:    # COUNT frames in or dropped, or 2 s quiet after the first
@@ -116,13 +117,13 @@ def plain(topic: str, out: Path, count: int) -> int:
 if __name__ == '__main__':
     role, topic, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     rest = sys.argv[4:]
-    fast = rest[0] == 'on' if role != 'plain' else False
+    fast = rest[0] in ('on', 'first') if role != 'plain' else False
     rclpy.init(args=['peer', '--ros-args', '-p', f'fast_path:={str(fast).lower()}'])
     try:
         if role == 'pub':
             code = publish(topic, out_dir, int(rest[1]), int(rest[2]), float(rest[3]), int(rest[4]))
         elif role == 'sub':
-            code = subscribe(topic, out_dir, int(rest[1]), float(rest[2]))
+            code = subscribe(topic, out_dir, int(rest[1]), float(rest[2]), rest[0] == 'first')
         else:
             code = plain(topic, out_dir, int(rest[0]))
     except (KeyboardInterrupt, ExternalShutdownException):   # stop() ends every peer with SIGINT

@@ -489,7 +489,12 @@ class TensorSubscriber:
     def __init__(self, node: Node, topic: str, qos: QoSProfile,
                  expect: Sequence[TensorSpec] | None,
                  on_frame: Callable[[str, Frame], None],
-                 on_error: Callable[[str, TensorError], None], fast_path: bool | None = None) -> None:
+                 on_error: Callable[[str, TensorError], None], fast_path: bool | None = None,
+                 payload_first: bool = False) -> None:
+        """``payload_first``: the publisher is probably on another machine (the plan knows the
+        boards): take the TensorList topic from the start as well, so its first frames are not
+        lost while its first descriptor shows where it runs. The first descriptor decides: from
+        this host (its slot readable) the TensorList topic goes; else the descriptor topic goes."""
         self.topic = topic
         self.received: Counter[str] = Counter()   # frames delivered, by path
         self.drops: Counter[str] = Counter()      # frames announced but not delivered, by reason
@@ -519,6 +524,7 @@ class TensorSubscriber:
         self._ref_layout: tuple[RefSlice, ...] = ()
         self._guard: Any = None
         self._timer: Any = None
+        self._undecided = False        # payload_first: both topics until the first descriptor
         if not self._fast:
             self._subscribe_payload()
             return
@@ -528,6 +534,9 @@ class TensorSubscriber:
             self.local_publishers_changed(True)
         else:
             self._subscribe_refs()
+            if payload_first:
+                self._undecided = True
+                self._subscribe_payload()
 
     @property
     def path(self) -> str:
@@ -599,6 +608,8 @@ class TensorSubscriber:
             if self._plain_seen >= 2:      # twice: a fast publisher announces its two topics one by one
                 self._fall_back('a publisher of the topic has no shared-memory path')
         elif self._ref_sub is not None:
+            if self._undecided and self._shm_publishers > 0:
+                return                     # a fast publisher: its first descriptor decides
             # the descriptor topic goes once TensorLists flow from every publisher, plus one period
             # (a publisher may see our TensorList subscription later than we see it)
             flowing = (self.received['payload'] > self._payload_at_switch
@@ -641,6 +652,7 @@ class TensorSubscriber:
         if self._stale(msg, source_ns):
             return
         if msg.host != fastpath.host_identity():
+            self._undecided = False
             self._fall_back(f'a publisher is on another host ({msg.host})')
             return
         try:
@@ -661,6 +673,13 @@ class TensorSubscriber:
             frame = decode_ref(msg, data, where=self._where, layout=self._ref_layout)
         except TensorError as exc:
             self._on_error(self.topic, exc)
+            return
+        if self._undecided:            # the publisher is on this host after all: shared memory
+            self._undecided = False
+            self._node.get_logger().info(f'{self._where}its publisher is on this host: shared memory '
+                                         'from now on, not TensorList messages')
+            self._deliver('shm', frame)
+            self._unsubscribe('_payload_sub')
             return
         self._deliver('shm', frame)
 

@@ -217,6 +217,7 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
     qos: dict[str, ParamValue] = {'qos.reliability': options.reliability, 'qos.depth': options.depth,
                                   'qos.lifespan': options.lifespan}
     tensors: dict[str, ParamValue] = {**qos, 'fast_path': options.fast_path}
+    receivers: dict[str, ParamValue] = {**tensors, 'remote_boards': spread}   # stages and tail
     image_reliability = options.image_reliability or options.reliability
     ns = options.namespace
     specs: list[NodeSpec] = []
@@ -239,14 +240,14 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
         widest = next((p.name for p in parts if crossing.get(p.name)), parts[0].name)
         specs.append(NodeSpec('stages', stages_node_name(options.board), ns, options.board or parts[0].board,
                               {'bundle': root, 'partitions': ','.join(p.name for p in parts),
-                               **tensors, **threads}, env_for(widest)))
+                               **receivers, **threads}, env_for(widest)))
     else:
         for part in (p for p in manifest.partitions if here(p.board)):
             specs.append(NodeSpec('stage', stage_node_name(part.name), ns, part.board,
-                                  {'bundle': root, 'partition': part.name, **tensors, **threads},
+                                  {'bundle': root, 'partition': part.name, **receivers, **threads},
                                   env_for(part.name)))
     if options.tail and here(tail_board):
-        specs.append(NodeSpec('tail', 'tail', ns, tail_board, {'bundle': root, **tensors}, env_for('tail')))
+        specs.append(NodeSpec('tail', 'tail', ns, tail_board, {'bundle': root, **receivers}, env_for('tail')))
     if options.keystore:
         specs = [secured(spec, options.keystore) for spec in specs]
     return specs

@@ -39,6 +39,29 @@ def declare_qos(node: Any, prefix: str = 'qos', reliability: str = 'reliable', d
     return qos_profile(rel, dep, lifespan=life)
 
 
+def declare_remote_boards(node: Any) -> bool:
+    """The ``remote_boards`` parameter: the manifest's other boards are other machines (the plan
+    sets it when it starts one board of several)."""
+    return bool(declare(node, 'remote_boards', False,
+                        "the manifest's other boards are other machines (set by the plan when it "
+                        'starts one board of several): inputs from them start on TensorList messages'))
+
+
+def remote_inputs(remote_boards: bool, manifest: Any, board: str, topics: Sequence[str]) -> set[str]:
+    """Which of ``topics`` a node on ``board`` gets from another machine. Those subscriptions take
+    TensorList messages from the first frame on (``payload_first``): a descriptor from another
+    host names a slot this machine cannot read, and with every link of a within-layer split
+    switching on its first frame, a pipeline lost one frame per split layer before anything
+    came out."""
+    if not remote_boards:
+        return set()
+    from autodice_ros.plan import link_boards
+
+    publisher_board = {p.topic: p.board for p in manifest.partitions}
+    publisher_board.update({t.topic: link_boards(manifest)[0] for t in manifest.inputs})
+    return {t for t in topics if publisher_board.get(t, board) != board}
+
+
 class Stats:
     """Counters a node reports in its diagnostics: frames in/out, drops by reason, timings."""
 

@@ -22,7 +22,16 @@ from autodice_ros.errors import AutodiceError, TensorError
 from autodice_ros.inference import create_session, pin_cores, run_session
 from autodice_ros.join import FrameJoiner
 from autodice_ros.manifest import Bundle, Partition, check_partition_file, load_bundle
-from autodice_ros.nodes.common import Diagnostics, GapCounter, Stats, declare, declare_qos, spin_node
+from autodice_ros.nodes.common import (
+    Diagnostics,
+    GapCounter,
+    Stats,
+    declare,
+    declare_qos,
+    declare_remote_boards,
+    remote_inputs,
+    spin_node,
+)
 from autodice_ros.rosutil import stamp_ns
 
 
@@ -46,6 +55,7 @@ class StageNode(LifecycleNode):
         self._period = declare(self, 'diagnostics_period', 1.0, 'seconds between /diagnostics reports')
         declare(self, 'autostart', True, 'configure and activate at start-up (no lifecycle manager)')
         self._qos = declare_qos(self)
+        self._remote_boards = declare_remote_boards(self)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -74,9 +84,11 @@ class StageNode(LifecycleNode):
         self._publisher = TensorPublisher(self, part.topic, self._qos)
         topics = part.input_topics()
         self._joiner = FrameJoiner(topics, self._join_capacity, drops=self.stats.drops)
+        assert self._bundle is not None
+        remote = remote_inputs(self._remote_boards, self._bundle.manifest, part.board, topics)
         self._subscribers = [
             TensorSubscriber(self, topic, self._qos, [t for t in part.inputs if t.topic == topic],
-                             self._on_frame, self._on_bad_message)
+                             self._on_frame, self._on_bad_message, payload_first=topic in remote)
             for topic in topics]
         self._diagnostics = Diagnostics(self, self.stats, self._period, part.board, self._extra_values)
         return super().on_activate(state)

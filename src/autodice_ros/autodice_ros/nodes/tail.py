@@ -19,7 +19,17 @@ from autodice_ros.codec import Frame, TensorPublisher, TensorSubscriber
 from autodice_ros.errors import TensorError
 from autodice_ros.join import FrameJoiner
 from autodice_ros.manifest import OUTPUT_TOPIC, RESULT_TOPIC, load_bundle
-from autodice_ros.nodes.common import Diagnostics, GapCounter, Stats, declare, declare_qos, spin_node
+from autodice_ros.nodes.common import (
+    Diagnostics,
+    GapCounter,
+    Stats,
+    declare,
+    declare_qos,
+    declare_remote_boards,
+    remote_inputs,
+    spin_node,
+)
+from autodice_ros.plan import link_boards
 from autodice_ros.postprocess import top_k
 from autodice_ros.rosutil import stamp_ns
 
@@ -39,9 +49,11 @@ class Tail(Node):
         self._outputs = [t.name for t in manifest.outputs]
         topics = manifest.output_topics()
         self._joiner = FrameJoiner(topics, capacity, drops=self.stats.drops)
+        remote = remote_inputs(declare_remote_boards(self), manifest, link_boards(manifest)[1], topics)
         self._subscribers = [
             TensorSubscriber(self, topic, qos, [t for t in manifest.outputs if t.topic == topic],
-                             self._on_frame, self._on_bad_message) for topic in topics]
+                             self._on_frame, self._on_bad_message, payload_first=topic in remote)
+            for topic in topics]
         self._output = TensorPublisher(self, OUTPUT_TOPIC, qos)
         self._result = (self.create_publisher(Classification, RESULT_TOPIC, qos)
                         if self._post.kind == 'classification' else None)
