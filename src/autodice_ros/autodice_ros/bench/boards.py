@@ -752,22 +752,7 @@ class Bench:
         lo: dict[str, Any] | None = None
         hi: float | None = None
         for _ in range(cfg.max_trials):
-            frames = max(cfg.trial_frames, int(rate * cfg.trial_seconds))
-            before = {b: boards.usage(b) for b in boards.spec.names}
-            host_before = host_cpu_times()
-            raw = driver.request(600.0 + frames / rate * 4, {'cmd': 'rate', 'rate': rate, 'frames': frames,
-                                                              'deadline': deadline, 'drain': deadline + 5.0})
-            after = {b: boards.usage(b) for b in boards.spec.names}
-            trial = _summarize_trial(raw)
-            trial['host_busy'] = host_busy(host_before, host_cpu_times())
-            trial['boards'] = {b: {'cpu_s': after[b].cpu_seconds - before[b].cpu_seconds,
-                                   'throttled_s': after[b].throttled_seconds - before[b].throttled_seconds,
-                                   'link': _link_dict(after[b].link - before[b].link)}
-                               for b in boards.spec.names}
-            run.trials.append(trial)
-            self.log(f'  trial {rate:6.2f} fps in: {trial["fps"]:6.2f} out, drops {trial["drops"]:.0%}, '
-                     f'p50 {trial["latency_ms"]["p50"]:.0f} ms, host {trial["host_busy"]:.0%} busy -> '
-                     f'{"sustained" if trial["sustained"] else "not sustained"}')
+            trial = self.trial(run, boards, driver, rate, deadline)
             if trial['sustained']:
                 lo = trial if lo is None or rate > lo['rate'] else lo
             else:     # overloaded, the output rate is about the capacity: no need to look above it
@@ -783,10 +768,43 @@ class Bench:
             else:
                 rate = (lo['rate'] + hi) / 2
         if lo is None:
+            # far below its ideal (a within-layer split waits for every board at each split
+            # layer, which the pipeline model does not price): one frame in flight at a time
+            # keeps up, so that rate is a measured lower bound rather than no figure at all
+            floor = 0.9e3 / run.sequential['latency_ms']['p50']
+            if hi is None or floor < hi:
+                trial = self.trial(run, boards, driver, floor, deadline)
+                if trial['sustained']:
+                    lo = dict(trial, lower_bound=True)
+        if lo is None:
             run.error = f'no sustained rate found in {len(run.trials)} trials'
             return
         run.peak = {k: lo[k] for k in ('rate', 'fps', 'drops', 'latency_ms', 'received', 'host_busy')}
+        if lo.get('lower_bound'):
+            run.peak['lower_bound'] = True
         self.account(run, lo, link)
+
+    def trial(self, run: Run, boards: Boards, driver: DriverClient, rate: float,
+              deadline: float) -> dict[str, Any]:
+        """Frames at a fixed ``rate``: what came out, and each board's CPU time and link bytes."""
+        cfg = self.config
+        frames = max(cfg.trial_frames, int(rate * cfg.trial_seconds))
+        before = {b: boards.usage(b) for b in boards.spec.names}
+        host_before = host_cpu_times()
+        raw = driver.request(600.0 + frames / rate * 4, {'cmd': 'rate', 'rate': rate, 'frames': frames,
+                                                          'deadline': deadline, 'drain': deadline + 5.0})
+        after = {b: boards.usage(b) for b in boards.spec.names}
+        trial = _summarize_trial(raw)
+        trial['host_busy'] = host_busy(host_before, host_cpu_times())
+        trial['boards'] = {b: {'cpu_s': after[b].cpu_seconds - before[b].cpu_seconds,
+                               'throttled_s': after[b].throttled_seconds - before[b].throttled_seconds,
+                               'link': _link_dict(after[b].link - before[b].link)}
+                           for b in boards.spec.names}
+        run.trials.append(trial)
+        self.log(f'  trial {rate:6.2f} fps in: {trial["fps"]:6.2f} out, drops {trial["drops"]:.0%}, '
+                 f'p50 {trial["latency_ms"]["p50"]:.0f} ms, host {trial["host_busy"]:.0%} busy -> '
+                 f'{"sustained" if trial["sustained"] else "not sustained"}')
+        return trial
 
     def account(self, run: Run, trial: Mapping[str, Any], link: LinkSpec) -> None:
         frames = max(1, trial['received'])
@@ -1010,12 +1028,17 @@ def targets(runs: Sequence[Run], demo: Sequence[Mapping[str, Any]], model: str,
                 'detail': 'worst hop over every shaped link measured: ' + ', '.join(
                     f"{r.strategy} K={r.k} {r.link} {h['edge']} {h['hop_ms']:.1f}/{h['wire_ms']:.1f} ms"
                     for r in runs for h in r.hops if h.get('hop_over_wire') is not None)})
-    tput = [(r, r.peak['fps'] / r.ideal['fps']) for r in runs if r.peak and r.ideal.get('fps')]
+    tput = [(r, r.peak['fps'] / r.ideal['fps']) for r in runs
+            if r.peak and r.ideal.get('fps') and not r.peak.get('lower_bound')]
+    bounds = [r for r in runs if r.peak.get('lower_bound')]
     lowest = min(tput, key=lambda x: x[1]) if tput else None
     out.append({'target': 'pipeline throughput >= 0.9 x ideal', 'limit': 0.9,
                 'value': lowest[1] if lowest else None, 'met': lowest[1] >= 0.9 if lowest else None,
-                'detail': '; '.join(f'{r.strategy} K={r.k} {r.link}: {r.peak["fps"]:.2f}/'
-                                    f'{r.ideal["fps"]:.2f} fps = {ratio:.2f}' for r, ratio in tput)})
+                'detail': '; '.join([f'{r.strategy} K={r.k} {r.link}: {r.peak["fps"]:.2f}/'
+                                     f'{r.ideal["fps"]:.2f} fps = {ratio:.2f}' for r, ratio in tput]
+                                    + [f'{r.strategy} K={r.k} {r.link}: no peak found, at least '
+                                       f'{r.peak["fps"]:.2f} fps (one frame in flight), not judged'
+                                       for r in bounds])})
     single = _find(runs, 'layer', 1)
     three = _find(runs, 'layer', 3, '1gbit')
     value = (three.peak['fps'] / single.peak['fps']
@@ -1102,9 +1125,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         hops = [h['hop_over_wire'] for h in run['hops'] if h.get('hop_over_wire') is not None]
         boards = run['per_board'].values()
         fps = run['peak'].get('fps', 0.0)
+        at_least = '>= ' if run['peak'].get('lower_bound') else ''
         lines.append(
             f"| {run['strategy']} | {run['k']} | {run['link']} | {run['ideal']['fps']:.2f} | "
-            f"{run['ideal'].get('cpu_bound_fps') or float('nan'):.2f} | {fps:.2f} | "
+            f"{run['ideal'].get('cpu_bound_fps') or float('nan'):.2f} | {at_least}{fps:.2f} | "
             f"{fps / run['ideal']['fps']:.2f} | "
             f"{lat.get('p50', float('nan')):.0f} | {lat.get('p90', float('nan')):.0f} | "
             f"{lat.get('p99', float('nan')):.0f} | {max(hops) if hops else float('nan'):.2f} | "
