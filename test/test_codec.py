@@ -214,3 +214,37 @@ def test_unusual_descriptors_are_left_to_rclpy() -> None:
                 b'', b'\0' * 3):
         assert reader.decode(bad) is None
     assert reader.decode(raw.replace(b'cam\0', b'c\xffm\0')) is None         # not UTF-8
+
+
+def test_tensor_lists_are_read_as_rclpy_reads_them_with_views_of_the_bytes() -> None:
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from autodice_msgs.msg import TensorList
+    from autodice_ros.codec import decode_list, encode_list
+    from autodice_ros.refwire import ListReader
+
+    rng = np.random.default_rng(5)
+    reader = ListReader()
+    kinds = [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.int32, np.int64, np.bool_]
+    for trial in range(200):
+        tensors = {}
+        for k in range(int(rng.integers(0, 4))):
+            shape = tuple(int(d) for d in rng.integers(0, 5, int(rng.integers(0, 4))))
+            kind = kinds[int(rng.integers(0, len(kinds)))]
+            tensors[f't{k}' + ('ü' * (trial % 3))] = (rng.standard_normal(shape) * 50).astype(kind)
+        header = Header(frame_id='cam' * int(rng.integers(0, 3)))
+        header.stamp.sec, header.stamp.nanosec = int(rng.integers(0, 2**31)), int(rng.integers(0, 10**9))
+        raw = serialize_message(encode_list(header, int(rng.integers(0, 2**63)), tensors))
+        got, want = reader.decode(raw), deserialize_message(raw, TensorList)
+        assert got is not None and got.header == want.header and got.frame == want.frame
+        mine, theirs = decode_list(got), decode_list(want)
+        assert list(mine.tensors) == list(theirs.tensors) == list(tensors)
+        for name, value in tensors.items():
+            assert mine.tensors[name].dtype == value.dtype and mine.tensors[name].shape == value.shape
+            assert mine.tensors[name].tobytes() == value.tobytes(), name
+            assert not mine.tensors[name].flags.writeable and mine.tensors[name].flags.aligned
+    raw = serialize_message(encode_list(Header(frame_id='cam'), 7, {'x': np.ones((2, 3), np.float32)}))
+    assert np.shares_memory(decode_list(reader.decode(raw)).tensors['x'], np.frombuffer(raw, np.uint8))
+    for bad in (raw + b'\0\0\0\0', raw[:-1], b'\0\0' + raw[2:], b'', b'\0' * 3,
+                raw.replace(b'cam\0', b'c\xffm\0'), bytearray(raw)):
+        assert reader.decode(bad) is None          # rclpy decides (and counts what it refuses)

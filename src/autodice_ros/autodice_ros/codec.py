@@ -23,7 +23,7 @@ import numpy as np
 
 from autodice_ros import fastpath
 from autodice_ros.errors import FrameDroppedError, StaleFrameError, TensorError, UndecodableError
-from autodice_ros.refwire import RefReader, RefWire
+from autodice_ros.refwire import ListReader, RefReader, RefWire
 from autodice_ros.rosutil import subscribe_decoding
 
 if TYPE_CHECKING:
@@ -123,7 +123,11 @@ def decode_tensor(msg: Any, expect: TensorSpec | None = None,
     """A read-only view of ``msg.data``; raises :class:`TensorError` naming the bad field."""
     label = f'{where}tensor {msg.name!r}'
     dtype, shape = check_tensor(label, msg.name, msg.dtype, msg.shape, len(msg.data), expect)
-    return _native(np.frombuffer(msg.data, dtype=dtype, count=math.prod(shape)).reshape(shape))
+    view = np.frombuffer(msg.data, dtype=dtype, count=math.prod(shape)).reshape(shape)
+    if not view.flags.aligned:        # (CDR aligns byte arrays to 4: an 8-byte dtype may not be)
+        view = view.copy()
+        view.flags.writeable = False
+    return _native(view)
 
 
 # -- one frame's tensors -----------------------------------------------------------------------
@@ -520,6 +524,7 @@ class TensorSubscriber:
         self._fast = enabled if fast_path is None else fast_path and enabled
         self._reader = fastpath.SlotReader() if self._fast else None
         self._ref_reader = RefReader()
+        self._list_reader = ListReader()
         self._ref_tensors: Any = None
         self._ref_layout: tuple[RefSlice, ...] = ()
         self._guard: Any = None
@@ -552,7 +557,8 @@ class TensorSubscriber:
 
         if self._payload_sub is None:
             self._payload_sub = subscribe_decoding(self._node, TensorList, self._resolved,
-                                                   self._receive_payload, self._qos, self._undecodable)
+                                                   self._receive_payload, self._qos, self._undecodable,
+                                                   self._list_reader.decode)
 
     def _subscribe_refs(self) -> None:
         from autodice_msgs.msg import TensorListRef

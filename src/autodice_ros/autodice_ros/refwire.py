@@ -7,11 +7,16 @@ sequence change from frame to frame; the host and the tensors are bytes kept fro
 Anything unusual is left to rclpy: the writer sends the message itself, the reader deserializes
 with rclpy (which also decides what does not deserialize). Unit tests hold both ends to rclpy's
 bytes.
+
+:class:`ListReader` reads a whole ``TensorList`` the same way, its tensors' data as views of the
+received bytes: rclpy's ``deserialize_message`` copies a 3.2 MB payload twice (into the C message,
+then into Python), 1.8 ms of a receiver's CPU per frame here, on every cross-board hop.
 """
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from functools import cache
 from typing import Any, NamedTuple
 
 _CDR_LE = b'\x00\x01\x00\x00'      # encapsulation: plain CDR, little-endian
@@ -122,13 +127,25 @@ def _read_string(raw: bytes, pos: int) -> tuple[str, int]:
         raise _MalformedError from None
 
 
+@cache
+def _header_type() -> Any:
+    from std_msgs.msg import Header
+
+    return Header
+
+
+def _header(sec: int, nanosec: int, frame_id: str) -> Any:
+    header = _header_type()()
+    header.stamp.sec = sec
+    header.stamp.nanosec = nanosec
+    header.frame_id = frame_id
+    return header
+
+
 class RefReader:
     """Reads TensorListRef CDR; the tensors of the last descriptor are kept (they rarely change)."""
 
     def __init__(self) -> None:
-        from std_msgs.msg import Header
-
-        self._header_type = Header
         self._block = b''
         self._tensors: tuple[RefView, ...] = ()
 
@@ -155,11 +172,7 @@ class RefReader:
         if block != self._block:
             self._tensors = self._read_tensors(block)
             self._block = block
-        header = self._header_type()
-        header.stamp.sec = sec
-        header.stamp.nanosec = nanosec
-        header.frame_id = frame_id
-        return RefDescriptor(header, frame, host, segment, sequence, self._tensors)
+        return RefDescriptor(_header(sec, nanosec, frame_id), frame, host, segment, sequence, self._tensors)
 
     @staticmethod
     def _read_tensors(block: bytes) -> tuple[RefView, ...]:
@@ -180,3 +193,65 @@ class RefReader:
         if pos != len(block):
             raise _MalformedError
         return tuple(tensors)
+
+
+class TensorView(NamedTuple):
+    """One tensor of a TensorList read by :class:`ListReader` (the fields of ``Tensor``); ``data``
+    is a read-only view of the received bytes."""
+
+    name: str
+    dtype: int
+    shape: tuple[int, ...]
+    data: memoryview
+
+
+class ListView(NamedTuple):
+    """A TensorList read by :class:`ListReader` (the fields of ``TensorList``)."""
+
+    header: Any
+    frame: int
+    tensors: tuple[TensorView, ...]
+
+
+class ListReader:
+    """Reads TensorList CDR without copying the tensors' data."""
+
+    def decode(self, raw: bytes) -> ListView | None:
+        """The message; None for anything but plain well-formed CDR (rclpy then decides)."""
+        try:
+            return self._decode(raw)
+        except (_MalformedError, struct.error, IndexError, ValueError):
+            return None
+
+    @staticmethod
+    def _decode(raw: bytes) -> ListView:
+        # positions are relative to the CDR body (alignment counts from there), 4 bytes into raw
+        if not isinstance(raw, bytes) or raw[:4] != _CDR_LE:
+            raise _MalformedError
+        sec, nanosec, _ = _STAMP.unpack_from(raw, 4)
+        frame_id, end = _read_string(raw, 4 + 8)
+        pos = end - 4
+        pos += -pos % 8
+        (frame,) = _U64.unpack_from(raw, 4 + pos)
+        (count,) = _U32.unpack_from(raw, 4 + pos + 8)
+        pos += 12
+        view = memoryview(raw)
+        tensors = []
+        for _ in range(count):
+            pos += -pos % 4
+            name, end = _read_string(raw, 4 + pos)
+            pos = end - 4
+            dtype = raw[4 + pos]
+            pos += 1 + -(pos + 1) % 4
+            (rank,) = _U32.unpack_from(raw, 4 + pos)
+            shape = struct.unpack_from(f'<{rank}I', raw, 4 + pos + 4)
+            pos += 4 + 4 * rank
+            (length,) = _U32.unpack_from(raw, 4 + pos)
+            start = 4 + pos + 4
+            if start + length > len(raw):
+                raise _MalformedError
+            tensors.append(TensorView(name, dtype, shape, view[start:start + length]))
+            pos += 4 + length
+        if 4 + pos != len(raw):
+            raise _MalformedError
+        return ListView(_header(sec, nanosec, frame_id), frame, tuple(tensors))
