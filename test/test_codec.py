@@ -248,3 +248,31 @@ def test_tensor_lists_are_read_as_rclpy_reads_them_with_views_of_the_bytes() -> 
     for bad in (raw + b'\0\0\0\0', raw[:-1], b'\0\0' + raw[2:], b'', b'\0' * 3,
                 raw.replace(b'cam\0', b'c\xffm\0'), bytearray(raw)):
         assert reader.decode(bad) is None          # rclpy decides (and counts what it refuses)
+
+
+def test_tensor_lists_are_written_as_rclpy_writes_them() -> None:
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from autodice_msgs.msg import TensorList
+    from autodice_ros.codec import encode_list, encode_list_cdr
+
+    rng = np.random.default_rng(6)
+    kinds = ['<f4', '>f4', '<f2', '>f8', 'i1', 'u1', '>i2', '<i4', '>i8', '?']
+    for trial in range(200):
+        tensors = {}
+        for k in range(int(rng.integers(0, 4))):
+            shape = tuple(int(d) for d in rng.integers(0, 5, int(rng.integers(0, 4))))
+            value = (rng.standard_normal(shape) * 50).astype(kinds[int(rng.integers(0, len(kinds)))])
+            if value.ndim == 2 and trial % 2:
+                value = value.T                                   # not C-contiguous
+            tensors[f't{k}' + ('ü' * (trial % 3))] = value
+        header = Header(frame_id='cam' * int(rng.integers(0, 3)))
+        header.stamp.sec, header.stamp.nanosec = int(rng.integers(-2**31, 2**31)), int(rng.integers(0, 10**9))
+        frame = int(rng.integers(0, 2**63))
+        raw, msg = encode_list_cdr(header, frame, tensors), encode_list(header, frame, tensors)
+        assert raw is not None and len(raw) == len(serialize_message(msg))
+        assert deserialize_message(raw, TensorList) == msg
+    unusual = Header(frame_id='a\0b')                  # rclpy cuts at the NUL: leave it to rclpy
+    assert encode_list_cdr(unusual, 1, {}) is None
+    assert encode_list_cdr(Header(), 1, {'x\0': np.zeros(1, np.float32)}) is None
+    assert encode_list_cdr(Header(), -1, {}) is None

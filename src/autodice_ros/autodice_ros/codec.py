@@ -23,7 +23,7 @@ import numpy as np
 
 from autodice_ros import fastpath
 from autodice_ros.errors import FrameDroppedError, StaleFrameError, TensorError, UndecodableError
-from autodice_ros.refwire import ListReader, RefReader, RefWire
+from autodice_ros.refwire import ListReader, RefReader, RefWire, list_cdr
 from autodice_ros.rosutil import subscribe_decoding
 
 if TYPE_CHECKING:
@@ -147,6 +147,21 @@ class Frame:
 
 def frame_key(header: Any, frame: int) -> FrameKey:
     return (int(header.stamp.sec), int(header.stamp.nanosec), int(frame))
+
+
+def encode_list_cdr(header: Any, frame: int, tensors: Mapping[str, Any]) -> bytes | None:
+    """The serialized ``TensorList`` (what :func:`encode_list` and rclpy would send), written with
+    one copy of each tensor; None where rclpy should serialize (an unusual header or name).
+    rclpy's own path copies a 3.2 MB payload three times (2.4 ms here)."""
+    items = []
+    for name, value in tensors.items():
+        arr = np.asarray(value)
+        code = dtype_code(arr.dtype)
+        if arr.ndim > MAX_RANK:
+            raise TensorError(f'tensor {name!r}: rank {arr.ndim} exceeds {MAX_RANK}')
+        flat = np.ascontiguousarray(arr.reshape(-1), dtype=arr.dtype.newbyteorder('<'))
+        items.append((name, code, arr.shape, flat.view(np.uint8).data))
+    return list_cdr(header, int(frame), items)
 
 
 def encode_list(header: Any, frame: int, tensors: Mapping[str, Any]) -> Any:
@@ -383,7 +398,9 @@ class TensorPublisher:
         if self._refs is not None and self._refs.get_subscription_count() > 0:   # before the slow path
             ok = self._publish_ref(header, frame, tensors) and ok
         if self._publisher.get_subscription_count() > 0:
-            ok = self._send(self._publisher, encode_list(header, frame, tensors), 'payload') and ok
+            raw = encode_list_cdr(header, frame, tensors)
+            msg = raw if raw is not None else encode_list(header, frame, tensors)
+            ok = self._send(self._publisher, msg, 'payload') and ok
         if not self.sent.total() - sent_before:
             self.sent['nobody'] += 1      # no reader matched on any path (DDS would drop it too)
         return ok

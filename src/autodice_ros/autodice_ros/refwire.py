@@ -195,6 +195,33 @@ class RefReader:
         return tuple(tensors)
 
 
+def list_cdr(header: Any, frame: int,
+             tensors: Sequence[tuple[str, int, tuple[int, ...], memoryview]]) -> bytes | None:
+    """A TensorList's CDR from (name, dtype code, shape, little-endian bytes) per tensor, each
+    tensor's bytes copied once; None where rclpy should write it (an unusual header or name)."""
+    try:
+        stamp = header.stamp
+        fid = _cdr_string(header.frame_id)
+        if fid is None or not 0 <= frame < 2**64:
+            return None
+        parts: list[Any] = [_CDR_LE, _STAMP.pack(stamp.sec, stamp.nanosec, 0)[:8], fid]
+        length = 8 + len(fid)
+        parts += [_pad(length, 8), _U64.pack(frame), _U32.pack(len(tensors))]
+        length += -length % 8 + 12
+        for name, code, shape, data in tensors:
+            text = _cdr_string(name)
+            if text is None:
+                return None
+            parts += [_pad(length, 4), text, _REF_ITEM.pack(code)]
+            length += -length % 4 + len(text) + 1
+            parts += [_pad(length, 4), _U32.pack(len(shape)), struct.pack(f'<{len(shape)}I', *shape),
+                      _U32.pack(len(data)), data]
+            length += -length % 4 + 8 + 4 * len(shape) + len(data)
+    except (AttributeError, TypeError, UnicodeEncodeError, struct.error):
+        return None
+    return b''.join(parts)
+
+
 class TensorView(NamedTuple):
     """One tensor of a TensorList read by :class:`ListReader` (the fields of ``Tensor``); ``data``
     is a read-only view of the received bytes."""
