@@ -67,22 +67,23 @@ def dtype_code(dtype: np.dtype[Any] | str) -> int:
         raise TensorError(f'dtype {name} has no Tensor code (supported: {", ".join(DTYPE_CODES)})') from None
 
 
-def encode_tensor(name: str, value: np.ndarray[Any, Any] | Any) -> Any:
-    """A ``Tensor`` message holding ``value`` little-endian in C order (one payload copy)."""
-    from autodice_msgs.msg import Tensor
-
+def _wire_array(name: str, value: np.ndarray[Any, Any] | Any) -> tuple[int, np.ndarray[Any, Any]]:
+    """``value`` as a Tensor carries it: its dtype code and a C-ordered little-endian array (the
+    same array when it is one already)."""
     arr = np.asarray(value)
     code = dtype_code(arr.dtype)
     if arr.ndim > MAX_RANK:
         raise TensorError(f'tensor {name!r}: rank {arr.ndim} exceeds {MAX_RANK}')
-    if arr.dtype.byteorder == '>' or (arr.dtype.byteorder == '=' and not _LITTLE_ENDIAN_HOST):
-        arr = arr.astype(arr.dtype.newbyteorder('<'))
+    return code, np.require(arr, arr.dtype.newbyteorder('<'), 'C')
+
+
+def encode_tensor(name: str, value: np.ndarray[Any, Any] | Any) -> Any:
+    """A ``Tensor`` message holding ``value`` little-endian in C order."""
+    from autodice_msgs.msg import Tensor
+
+    code, arr = _wire_array(name, value)
     payload = array.array('B')
-    if arr.flags.c_contiguous:
-        payload.frombytes(arr.reshape(-1).data.cast('B'))
-    else:
-        payload.frombytes(bytes(arr.nbytes))
-        np.frombuffer(payload, dtype=arr.dtype).reshape(arr.shape)[...] = arr
+    payload.frombytes(arr.reshape(-1).view(np.uint8).data)
     msg = Tensor(check_fields=False)
     msg.name = name
     msg.dtype = code
@@ -155,12 +156,8 @@ def encode_list_cdr(header: Any, frame: int, tensors: Mapping[str, Any]) -> byte
     rclpy's own path copies a 3.2 MB payload three times (2.4 ms here)."""
     items = []
     for name, value in tensors.items():
-        arr = np.asarray(value)
-        code = dtype_code(arr.dtype)
-        if arr.ndim > MAX_RANK:
-            raise TensorError(f'tensor {name!r}: rank {arr.ndim} exceeds {MAX_RANK}')
-        flat = np.ascontiguousarray(arr.reshape(-1), dtype=arr.dtype.newbyteorder('<'))
-        items.append((name, code, arr.shape, flat.view(np.uint8).data))
+        code, arr = _wire_array(name, value)
+        items.append((name, code, arr.shape, arr.reshape(-1).view(np.uint8).data))
     return list_cdr(header, int(frame), items)
 
 
@@ -697,14 +694,12 @@ class TensorSubscriber:
         except TensorError as exc:
             self._on_error(self.topic, exc)
             return
+        self._deliver('shm', frame)
         if self._undecided:            # the publisher is on this host after all: shared memory
             self._undecided = False
             self._node.get_logger().info(f'{self._where}its publisher is on this host: shared memory '
                                          'from now on, not TensorList messages')
-            self._deliver('shm', frame)
             self._unsubscribe('_payload_sub')
-            return
-        self._deliver('shm', frame)
 
     def deliver_local(self, frame: Frame) -> None:
         """Called by a publisher of this process (in its thread); the executor delivers it."""
