@@ -42,6 +42,31 @@ def _pad(length: int, align: int) -> bytes:
     return b'\0' * (-length % align)
 
 
+def _write_head(header: Any, frame: int) -> tuple[list[Any], int] | None:
+    """The CDR both messages start with (header, then the uint64 frame) and its length; None for
+    a frame_id rclpy would write otherwise. Raises what ``header`` or ``struct`` raise."""
+    fid = _cdr_string(header.frame_id)
+    if fid is None:
+        return None
+    length = 8 + len(fid)
+    parts = [_STAMP.pack(header.stamp.sec, header.stamp.nanosec, 0)[:8], fid, _pad(length, 8),
+             _U64.pack(frame)]
+    return parts, length + -length % 8 + 8
+
+
+def _read_head(raw: bytes) -> tuple[Any, int, int]:
+    """The header and frame both messages start with, and the position after them (in the CDR
+    body, which starts 4 bytes into ``raw``)."""
+    if raw[:4] != _CDR_LE:
+        raise _MalformedError
+    sec, nanosec, _ = _STAMP.unpack_from(raw, 4)
+    frame_id, end = _read_string(raw, 4 + 8)
+    pos = end - 4
+    pos += -pos % 8
+    (frame,) = _U64.unpack_from(raw, 4 + pos)
+    return _header(sec, nanosec, frame_id), frame, pos + 8
+
+
 class RefWire:
     """Writes one publisher's TensorListRef CDR for a fixed set of tensors and host."""
 
@@ -71,15 +96,12 @@ class RefWire:
                 return None
             self._segments[segment] = seg
         try:
-            stamp = header.stamp
-            frame_id = header.frame_id
-            if '\0' in frame_id:
+            head = _write_head(header, frame)
+            if head is None:
                 return None
-            fid = frame_id.encode()
-            parts = [_STAMP.pack(stamp.sec, stamp.nanosec, len(fid) + 1), fid, b'\0']
-            length = 13 + len(fid)
-            parts += [_pad(length, 8), _U64.pack(frame), self._host]
-            length += -length % 8 + 8 + len(self._host)
+            parts, length = head
+            parts += [self._host]
+            length += len(self._host)
             parts += [_pad(length, 4), seg]
             length += -length % 4 + len(seg)
             parts += [_pad(length, 8), _U64.pack(sequence), self._tensors]
@@ -157,14 +179,9 @@ class RefReader:
             return None
 
     def _decode(self, raw: bytes) -> RefDescriptor:
-        if raw[:4] != _CDR_LE:
-            raise _MalformedError
+        header, frame, pos = _read_head(raw)
         body = raw[4:]
-        sec, nanosec, _ = _STAMP.unpack_from(body, 0)
-        frame_id, pos = _read_string(body, 8)
-        pos += -pos % 8
-        (frame,) = _U64.unpack_from(body, pos)
-        host, pos = _read_string(body, pos + 8)
+        host, pos = _read_string(body, pos)
         segment, pos = _read_string(body, pos + -pos % 4)
         pos += -pos % 8
         (sequence,) = _U64.unpack_from(body, pos)
@@ -172,7 +189,7 @@ class RefReader:
         if block != self._block:
             self._tensors = self._read_tensors(block)
             self._block = block
-        return RefDescriptor(_header(sec, nanosec, frame_id), frame, host, segment, sequence, self._tensors)
+        return RefDescriptor(header, frame, host, segment, sequence, self._tensors)
 
     @staticmethod
     def _read_tensors(block: bytes) -> tuple[RefView, ...]:
@@ -200,14 +217,12 @@ def list_cdr(header: Any, frame: int,
     """A TensorList's CDR from (name, dtype code, shape, little-endian bytes) per tensor, each
     tensor's bytes copied once; None where rclpy should write it (an unusual header or name)."""
     try:
-        stamp = header.stamp
-        fid = _cdr_string(header.frame_id)
-        if fid is None or not 0 <= frame < 2**64:
+        head = _write_head(header, frame)
+        if head is None:
             return None
-        parts: list[Any] = [_CDR_LE, _STAMP.pack(stamp.sec, stamp.nanosec, 0)[:8], fid]
-        length = 8 + len(fid)
-        parts += [_pad(length, 8), _U64.pack(frame), _U32.pack(len(tensors))]
-        length += -length % 8 + 12
+        parts, length = head
+        parts = [_CDR_LE, *parts, _U32.pack(len(tensors))]
+        length += 4
         for name, code, shape, data in tensors:
             text = _cdr_string(name)
             if text is None:
@@ -253,15 +268,11 @@ class ListReader:
     @staticmethod
     def _decode(raw: bytes) -> ListView:
         # positions are relative to the CDR body (alignment counts from there), 4 bytes into raw
-        if not isinstance(raw, bytes) or raw[:4] != _CDR_LE:
+        if not isinstance(raw, bytes):
             raise _MalformedError
-        sec, nanosec, _ = _STAMP.unpack_from(raw, 4)
-        frame_id, end = _read_string(raw, 4 + 8)
-        pos = end - 4
-        pos += -pos % 8
-        (frame,) = _U64.unpack_from(raw, 4 + pos)
-        (count,) = _U32.unpack_from(raw, 4 + pos + 8)
-        pos += 12
+        header, frame, pos = _read_head(raw)
+        (count,) = _U32.unpack_from(raw, 4 + pos)
+        pos += 4
         view = memoryview(raw)
         tensors = []
         for _ in range(count):
@@ -281,4 +292,4 @@ class ListReader:
             pos += 4 + length
         if 4 + pos != len(raw):
             raise _MalformedError
-        return ListView(_header(sec, nanosec, frame_id), frame, tuple(tensors))
+        return ListView(header, frame, tuple(tensors))
