@@ -133,3 +133,26 @@ def test_security_without_fast_dds_security_fails_loudly(bundle: Path, tmp_path:
                              '--namespace', '/autodice'], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert 'security' in (result.stdout + result.stderr).lower()
+
+
+def test_a_board_not_started_is_named_by_the_links_it_leaves_unconnected(bundle: Path) -> None:
+    """Only the first board runs: start-up fails after the timeout and says which link lacks what."""
+    from pipeline_helpers import ros_node
+
+    from autodice_ros.driver import PipelineDriver
+    from autodice_ros.errors import AutodiceError
+    from autodice_ros.manifest import load_bundle
+
+    manifest = load_bundle(bundle).manifest
+    first, second = manifest.boards
+    crossing = [p.topic for p in manifest.partitions if p.board == first]   # read on the second
+    namespace = '/runner_half'
+    with ros_node('half_driver') as node, Runner(make_plan(bundle, PlanOptions(
+            namespace=namespace, source='none', board=first))):
+        driver = PipelineDriver(node, manifest, namespace)
+        with pytest.raises(AutodiceError) as caught:
+            driver.wait_connected(timeout=8.0)
+    message = str(caught.value)
+    assert 'did not connect within 8 s' in message
+    assert f'{namespace}/{crossing[-1]}: 1 publisher(s), 0 of 1 reader(s)' in message, message
+    assert 'no tail publishing it' in message, message     # the tail runs on the missing board

@@ -17,7 +17,7 @@ import numpy as np
 from autodice_ros.codec import Frame, TensorSubscriber, qos_profile
 from autodice_ros.errors import AutodiceError
 from autodice_ros.manifest import IMAGE_TOPIC, INPUT_TOPIC, OUTPUT_TOPIC, Manifest
-from autodice_ros.rosutil import links_connected, now_header, spin_until
+from autodice_ros.rosutil import now_header, spin_until, unconnected_links
 
 StampKey = tuple[int, int]   # (sec, nanosec) of the image: what an outsider can match on
 PROBE_FRAME_ID = '__autodice_probe__'
@@ -95,10 +95,17 @@ class PipelineDriver:
     # -- driving --------------------------------------------------------------------------------
 
     def connected(self) -> bool:
+        return not self.unconnected()
+
+    def unconnected(self) -> list[str]:
+        """What the graph still lacks: pipeline links, the head's reader, the tail's output."""
         node = self.node
-        return (links_connected(node, self.manifest.links(), self.namespace or '/')
-                and self._image_pub.get_subscription_count() >= 1
-                and node.count_publishers(self.topic(OUTPUT_TOPIC)) >= 1)
+        missing = unconnected_links(node, self.manifest.links(), self.namespace or '/')
+        if self._image_pub.get_subscription_count() < 1:
+            missing.append(f'{self.topic(IMAGE_TOPIC)}: no camera head reading it')
+        if node.count_publishers(self.topic(OUTPUT_TOPIC)) < 1:
+            missing.append(f'{self.topic(OUTPUT_TOPIC)}: no tail publishing it')
+        return missing
 
     def wait_connected(self, timeout: float = 60.0, probe_every: float = 0.5) -> None:
         """Block until a frame has gone through the whole pipeline.
@@ -111,7 +118,8 @@ class PipelineDriver:
         deadline = time.monotonic() + timeout
         if not spin_until(self.node, self.connected, timeout):
             raise AutodiceError(f'the pipeline in {self.namespace or "/"} did not connect within '
-                                f'{timeout:.0f} s (are all boards running?)')
+                                f'{timeout:.0f} s (are all boards running?); still missing: '
+                                + '; '.join(self.unconnected()))
         from autodice_ros.nodes.image_source import synthetic_pattern, to_image_msg
 
         probes = 0

@@ -65,13 +65,23 @@ def wait_for_subscribers(node: Any, publishers: Sequence[Any], timeout: float, c
     return spin_until(node, lambda: all(p.get_subscription_count() >= count for p in publishers), timeout)
 
 
-def links_connected(node: Any, links: Mapping[str, int], namespace: str) -> bool:
-    """Every pipeline topic has a publisher and its expected number of subscribers (graph view).
+def unconnected_links(node: Any, links: Mapping[str, int], namespace: str) -> list[str]:
+    """The pipeline topics still lacking a publisher or readers, each as 'topic: what it has'
+    (graph view; empty once every link is connected). Said in errors, so a stalled start-up
+    names the link to look at.
 
     A subscriber counts on whichever path it listens (TensorList, shared memory, in-process).
     """
+    missing = []
     for topic, readers in links.items():
         name = f'{namespace.rstrip("/")}/{topic}'
-        if node.count_publishers(name) < 1 or subscriber_count(node.count_subscribers, name) < readers:
-            return False
-    return True
+        publishers = node.count_publishers(name)
+        subscribers = subscriber_count(node.count_subscribers, name)
+        if publishers < 1 or subscribers < readers:
+            missing.append(f'{name}: {publishers} publisher(s), {subscribers} of {readers} reader(s)')
+    return missing
+
+
+def links_connected(node: Any, links: Mapping[str, int], namespace: str) -> bool:
+    """Every pipeline topic has a publisher and its expected number of subscribers (graph view)."""
+    return not unconnected_links(node, links, namespace)
