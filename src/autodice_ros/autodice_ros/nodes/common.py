@@ -164,6 +164,8 @@ def spin_node(factory: Callable[..., Any], args: Sequence[str] | None = None,
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
+    from autodice_ros.executor import make_executor
+
     argv = list(args) if args is not None else sys.argv
     node_kwargs: dict[str, Any] = {}
     if _warm_placeholder is None:
@@ -181,7 +183,7 @@ def spin_node(factory: Callable[..., Any], args: Sequence[str] | None = None,
                 node.get_logger().fatal('configure failed; exiting')
                 return 1
             node.trigger_activate()
-        rclpy.spin(node)
+        rclpy.spin(node, executor=make_executor())
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except AutodiceError as exc:   # bad bundle, bad parameter: one line, non-zero exit

@@ -69,7 +69,9 @@ def _spin(executor: Any) -> None:
 
 def main(args: Sequence[str] | None = None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
+
+    from autodice_ros.executor import make_executor
 
     rclpy.init(args=list(args) if args is not None else sys.argv)
     nodes: list[Any] = []
@@ -81,7 +83,7 @@ def main(args: Sequence[str] | None = None) -> int:
         if not container.start():
             return 1
         for node in nodes:
-            executors.append(SingleThreadedExecutor())
+            executors.append(make_executor())
             executors[-1].add_node(node)
         for executor in executors[1:]:
             threads.append(threading.Thread(target=_spin, args=(executor,), daemon=True))
