@@ -93,18 +93,25 @@ def memcpy_ms(nbytes: int, repeat: int = 30) -> float:
 
 def _init(fast_path: bool) -> Any:
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+
+    from autodice_ros.executor import make_executor
 
     rclpy.init(args=['hop', '--ros-args', '-p', f'fast_path:={str(fast_path).lower()}'])
-    return SingleThreadedExecutor()
+    return make_executor()     # what the nodes spin with
+
+
+IDLE_WAKE_S = 0.1     # the longest wait without an event: peers sleep until a message comes, as
+                      # a node in rclpy.spin does. (They polled every 5 ms before, which keeps CPUs
+                      # warm: 3.2 MB fast path p50 1.01-1.30 ms polling, 1.19-1.28 waiting, 3 runs)
 
 
 def _spin(executor: Any, seconds: float, done: Callable[[], bool] = lambda: False) -> bool:
     deadline = time.monotonic() + seconds
     while not done():
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             return False
-        executor.spin_once(timeout_sec=0.005)
+        executor.spin_once(timeout_sec=min(remaining, IDLE_WAKE_S))
     return True
 
 
