@@ -1,4 +1,4 @@
-"""DirectExecutor, the executor every autodice node spins with, keeps rclpy's semantics: each
+"""DirectExecutor (AUTODICE_EXECUTOR=direct) keeps rclpy's semantics: each
 message once, message info, timers, guard conditions, parameter services for other processes,
 a subscription destroyed in its own callback, and shutdown."""
 from __future__ import annotations
@@ -102,9 +102,9 @@ def test_the_executor_is_chosen_by_environment_and_a_bad_choice_is_named(
     rclpy.init(context=context)
     try:
         monkeypatch.delenv(EXECUTOR_VAR, raising=False)
-        assert type(make_executor(context=context)) is DirectExecutor
-        monkeypatch.setenv(EXECUTOR_VAR, 'rclpy')
         assert type(make_executor(context=context)) is SingleThreadedExecutor
+        monkeypatch.setenv(EXECUTOR_VAR, 'direct')
+        assert type(make_executor(context=context)) is DirectExecutor
         monkeypatch.setenv(EXECUTOR_VAR, 'events')
         with pytest.raises(AutodiceError, match="AUTODICE_EXECUTOR='events'"):
             make_executor(context=context)

@@ -97,7 +97,7 @@ def _init(fast_path: bool) -> Any:
     from autodice_ros.executor import make_executor
 
     rclpy.init(args=['hop', '--ros-args', '-p', f'fast_path:={str(fast_path).lower()}'])
-    return make_executor()     # what the nodes spin with
+    return make_executor()     # what the nodes spin with (AUTODICE_EXECUTOR)
 
 
 IDLE_WAKE_S = 0.1     # the longest wait without an event: peers sleep until a message comes, as
