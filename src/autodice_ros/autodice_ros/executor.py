@@ -3,8 +3,8 @@
 Why: between its wait returning and a callback starting, rclpy's ``SingleThreadedExecutor``
 spends 0.35-0.4 ms of Python on this machine when the process was idle (cold caches: a node
 at camera rate is idle most of the time). It closes every entity's context, builds a ``Task``
-around a coroutine for the one callback it runs, and re-gathers everything for the next. On a
-same-board hop of about 1.1 ms that is a third of the time. Measured with a guard condition
+around a coroutine for the one callback it runs, and re-gathers everything for the next. On an
+in-process hand-off of about 0.9 ms that is a third of the time. Measured with a guard condition
 triggered every 100 ms from another thread (``spin_once`` to the callback, post-wake work only):
 0.36-0.38 ms; a bare wait set: about 0.1 ms in all.
 
@@ -43,7 +43,7 @@ EXECUTORS = ('rclpy', 'direct')
 
 
 class _Gathered:
-    """One wait's entities, their handles entered (alive) until the wait set is read."""
+    """The entities of the executor's nodes that one wait covers (those that can execute now)."""
 
     def __init__(self) -> None:
         self.subscriptions: list[Any] = []
