@@ -181,7 +181,7 @@ def test_a_failure_inside_the_block_removes_everything() -> None:
 @needs_netns
 def test_two_boards_run_a_two_way_split_equal_to_the_single_node(tmp_path: Path,
                                                                  zoo_model: Callable[[str], Path]) -> None:
-    from autodice_ros.bench.boards import DriverClient, board_watch, crossing_bytes, start_driver
+    from autodice_ros.bench.boards import board_watch, connect_driver, crossing_bytes
 
     model = zoo_model('squeezenet')
     bundle = split(model, tmp_path / 'bundle', '--boards', '2')
@@ -194,8 +194,7 @@ def test_two_boards_run_a_two_way_split_equal_to_the_single_node(tmp_path: Path,
     recorded = tmp_path / 'frames.npz'
     with Boards(spec, instance=instance) as boards, open(tmp_path / 'nodes.log', 'w') as log:
         procs = boards.start_pipeline(bundle, ['--source', 'none'], stdout=log, stderr=log)
-        driver = DriverClient(start_driver(boards, bundle, log, record=True), board_watch(boards, procs))
-        assert driver.request(90.0, {'cmd': 'connect', 'timeout': 60.0}) == {'ok': True}
+        driver = connect_driver(boards, bundle, board_watch(boards, procs), log, record=True)
         assert driver.request(90.0, {'cmd': 'warmup', 'frames': 2, 'interval': 1.0, 'timeout': 60.0})['ok']
         before = boards.link_counters('board0')
         reply = driver.request(90.0, {'cmd': 'record', 'frames': FRAMES, 'rate': 4.0, 'path': str(recorded),
@@ -224,3 +223,26 @@ def test_down_removes_leftovers_by_prefix() -> None:
                              'boards', 'down', '--instance', instance], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert leftovers(instance) == ([], [])
+
+
+@needs_netns
+def test_a_driver_that_cannot_see_the_pipeline_is_replaced_then_the_failure_names_every_try(
+        tmp_path: Path, zoo_model: Callable[[str], Path]) -> None:
+    """No pipeline runs: each driver times out; a new one is started each time; all are stopped."""
+    from autodice_ros.bench.boards import BoardDiedError, connect_driver
+
+    bundle = split(zoo_model('squeezenet'), tmp_path / 'bundle', '--boards', '2')
+    manifest = load_bundle(bundle).manifest
+    instance = f't{os.getpid()}r'
+    spec = load_spec(None, manifest.boards, {'cpu': None, 'memory': None, 'link': '1gbit'})
+    said: list[str] = []
+    with Boards(spec, instance=instance) as boards:
+        with pytest.raises(BoardDiedError) as caught:
+            connect_driver(boards, bundle, lambda: None, timeout=3.0, attempts=2, say=said.append)
+        drivers = [p for p in boards._procs if 'driver' in p.args]
+        assert len(drivers) == 2 and all(p.poll() is not None for p in drivers)
+    assert leftovers(instance) == ([], [])
+    message = str(caught.value)
+    assert message.startswith('2 driver(s) tried:') and message.count('did not connect within 3 s') == 2
+    assert 'no tail publishing it' in message
+    assert len(said) == 1 and 'driver 1 of 2' in said[0]

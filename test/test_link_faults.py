@@ -26,7 +26,7 @@ RECOVERY_S = 6.0           # TCP retransmission backoff after the outage, redisc
 @needs_netns
 def test_link_down_and_up_drops_the_outage_and_recovers_without_restarts(
         tmp_path: Path, zoo_model: Callable[[str], Path]) -> None:
-    from autodice_ros.bench.boards import DriverClient, board_watch, start_driver
+    from autodice_ros.bench.boards import board_watch, connect_driver
 
     model = zoo_model('squeezenet')
     bundle = split(model, tmp_path / 'bundle', '--boards', '2')
@@ -38,8 +38,7 @@ def test_link_down_and_up_drops_the_outage_and_recovers_without_restarts(
     with Boards(spec, instance=instance) as boards, open(tmp_path / 'nodes.log', 'w') as log:
         procs = boards.start_pipeline(bundle, ['--source', 'none', '--lifespan', str(LIFESPAN_S)],
                                       stdout=log, stderr=log)
-        driver = DriverClient(start_driver(boards, bundle, log, record=True), board_watch(boards, procs))
-        assert driver.request(90.0, {'cmd': 'connect', 'timeout': 60.0}) == {'ok': True}
+        driver = connect_driver(boards, bundle, board_watch(boards, procs), log, record=True)
         assert driver.request(90.0, {'cmd': 'warmup', 'frames': 2, 'interval': 1.0, 'timeout': 60.0})['ok']
         before = driver.request(30.0, {'cmd': 'diagnostics'})
         pids = {board: sorted(boards.pids(board)) for board in manifest.boards}

@@ -319,6 +319,21 @@ class DriverClient:
             if time.monotonic() > deadline:
                 raise BoardDiedError(f'the driver did not answer {command.get("cmd")!r} within {wait:.0f} s')
 
+    def close(self) -> None:
+        """Stop the driver process: 'quit', then a kill after 5 s."""
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(json.dumps({'cmd': 'quit'}) + '\n')
+                self.proc.stdin.flush()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
 
 def start_driver(boards: Boards, bundle: Path, log: IO[Any] | None = None,
                  namespace: str = '/autodice', record: bool = False) -> subprocess.Popen[str]:
@@ -336,6 +351,34 @@ def start_driver(boards: Boards, bundle: Path, log: IO[Any] | None = None,
            '--namespace', namespace, *(['--record'] if record else [])]
     return boards.spawn(head, cmd, env=env, limits=False, stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, stderr=log, text=True)
+
+
+def connect_driver(boards: Boards, bundle: Path, watch: Callable[[], str | None],
+                   log: IO[Any] | None = None, record: bool = False, timeout: float = 60.0,
+                   attempts: int = 2, say: Callable[[str], None] = lambda _: None) -> DriverClient:
+    """A driver (:func:`start_driver`) that has seen a probe frame come out of the tail.
+
+    Why the retries: across emulated boards (Fast DDS LARGE_DATA, endpoints discovered over TCP),
+    a participant that starts after the pipeline now and then never learns one stage's endpoints:
+    the driver waited 280 s for a stage that a participant started in the same namespace at that
+    moment saw at once, and the pipeline itself was connected. A driver that has not connected
+    within ``timeout`` is replaced by a new one (a new participant), up to ``attempts`` in all;
+    any other failure (probes that never come out, a board that died) is raised at once.
+    """
+    errors: list[str] = []
+    for attempt in range(1, attempts + 1):
+        driver = DriverClient(start_driver(boards, bundle, log, record=record), watch)
+        reply = driver.request(timeout + 30.0, {'cmd': 'connect', 'timeout': timeout})
+        if 'error' not in reply:
+            return driver
+        driver.close()
+        errors.append(reply['error'])
+        if 'did not connect' not in reply['error']:
+            break
+        if attempt < attempts:
+            say(f'driver {attempt} of {attempts} did not see the whole pipeline; starting a new one '
+                f'({reply["error"]})')
+    raise BoardDiedError(f'{len(errors)} driver(s) tried: ' + ' | '.join(errors))
 
 
 def thrash_watch(boards: Boards, weights: Mapping[str, int],
@@ -707,10 +750,8 @@ class Bench:
                     boards.reset_peaks(name)
                 procs = boards.start_pipeline(bundle, ['--source', 'none', *run_args(strategy)],
                                               stdout=logfile, stderr=logfile)
-                driver = DriverClient(start_driver(boards, bundle, logfile), board_watch(boards, procs))
-                reply = driver.request(300.0, {'cmd': 'connect', 'timeout': 280.0})
-                if 'error' in reply:
-                    raise BoardDiedError(reply['error'])
+                driver = connect_driver(boards, bundle, board_watch(boards, procs), logfile,
+                                        timeout=120.0, attempts=3, say=self.log)
                 warm = driver.request(400.0, {'cmd': 'warmup', 'frames': 2, 'interval': 3.0,
                                               'timeout': 300.0})
                 if not warm.get('ok'):
@@ -885,13 +926,12 @@ class Bench:
             with Boards(spec, log=self.log) as boards, open(self.logdir / log_name, 'w') as logfile:
                 procs = boards.start_pipeline(bundle, ['--source', 'none', *extra], stdout=logfile,
                                               stderr=logfile)
-                driver = DriverClient(start_driver(boards, bundle, logfile),
-                                      thrash_watch(boards, weights, board_watch(boards, procs)))
                 warm: dict[str, Any] = {}
                 try:
-                    reply = driver.request(240.0, {'cmd': 'connect', 'timeout': 200.0})
-                    if 'error' in reply:
-                        raise BoardDiedError(reply['error'])
+                    driver = connect_driver(boards, bundle,
+                                            thrash_watch(boards, weights, board_watch(boards, procs)),
+                                            logfile, timeout=200.0, attempts=1)   # (a thrashing
+                    # whole model may not connect in time either: no second 200 s for it)
                     warm = driver.request(700.0, {'cmd': 'warmup', 'frames': 1, 'interval': 5.0,
                                                   'timeout': 600.0})
                     if not warm.get('ok'):
