@@ -928,10 +928,11 @@ class Bench:
                                               stderr=logfile)
                 warm: dict[str, Any] = {}
                 try:
+                    # one try: a thrashing whole model may not connect in time either, and must
+                    # not cost a second 200 s
                     driver = connect_driver(boards, bundle,
                                             thrash_watch(boards, weights, board_watch(boards, procs)),
-                                            logfile, timeout=200.0, attempts=1)   # (a thrashing
-                    # whole model may not connect in time either: no second 200 s for it)
+                                            logfile, timeout=200.0, attempts=1)
                     warm = driver.request(700.0, {'cmd': 'warmup', 'frames': 1, 'interval': 5.0,
                                                   'timeout': 600.0})
                     if not warm.get('ok'):
