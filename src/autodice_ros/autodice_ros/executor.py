@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -91,13 +92,7 @@ class DirectExecutor(SingleThreadedExecutor):
             clients = self._enter(stack, found.clients)
             services = self._enter(stack, found.services)
             guards = self._enter(stack, found.guards + own_guards)
-            waitables = []
-            for waitable in found.waitables:
-                try:
-                    stack.enter_context(waitable)
-                except InvalidHandle:
-                    continue
-                waitables.append(waitable)
+            waitables = self._enter(stack, found.waitables, lambda waitable: waitable)
             if self._context.handle is None:
                 raise RuntimeError('Cannot enter context if context is None')
             stack.enter_context(self._context.handle)
@@ -145,12 +140,14 @@ class DirectExecutor(SingleThreadedExecutor):
                         or any(w.is_ready(wait_set) for w in waitables))
 
     @staticmethod
-    def _enter(stack: ExitStack, entities: list[Any]) -> list[Any]:
-        """The entities whose handles could be entered (the others were destroyed meanwhile)."""
+    def _enter(stack: ExitStack, entities: list[Any],
+               context: Callable[[Any], Any] = lambda entity: entity.handle) -> list[Any]:
+        """The entities whose ``context`` (their handle; a waitable itself) could be entered; the
+        others were destroyed meanwhile."""
         alive = []
         for entity in entities:
             try:
-                stack.enter_context(entity.handle)
+                stack.enter_context(context(entity))
             except InvalidHandle:
                 continue
             alive.append(entity)
