@@ -240,7 +240,10 @@ class _Segment:
             pass
         self.views = []                # the mapping cannot close while views of it exist
         del self._sequence_word
-        self.map.close()
+        try:
+            self.map.close()
+        except BufferError:            # a producer still holds views it borrowed: unmapped with them
+            pass
         os.close(self.fd)
 
 
@@ -317,15 +320,29 @@ class SlotRing:
             return Claim(segment, Written(segment.name, segment.sequence + 1, where))
         return None
 
-    def fill(self, claim: Claim, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> None:
-        """Copy the claimed frame in, then mark the slot complete and let readers at it."""
+    @staticmethod
+    def views(claim: Claim) -> list[np.ndarray[Any, Any]]:
+        """Writable views of a claimed slot, in layout order: a producer that writes its frame here
+        (ONNX Runtime's outputs bound to them) leaves :meth:`fill` nothing to copy."""
+        return claim.slot.views_for(claim.written.layout)
+
+    def fill(self, claim: Claim, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]] | None) -> None:
+        """Copy the claimed frame in (None: it was written into :meth:`views`), then mark the slot
+        complete and let readers at it."""
         segment = claim.slot
         try:
-            for (_, arr), dst in zip(arrays, segment.views_for(claim.written.layout), strict=True):
-                np.copyto(dst, arr)
+            if arrays is not None:
+                for (_, arr), dst in zip(arrays, self.views(claim), strict=True):
+                    np.copyto(dst, arr)
             segment.set_sequence(claim.written.sequence)         # even: complete
         finally:
             fcntl.flock(segment.fd, fcntl.LOCK_UN)
+
+    @staticmethod
+    def release(claim: Claim) -> None:
+        """Give a claimed slot back unwritten (its frame was not published): no descriptor names
+        its odd sequence, and the next claim moves past it."""
+        fcntl.flock(claim.slot.fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         self._finalizer()
