@@ -2,7 +2,8 @@
 
 pub TOPIC DIR FAST SLOTS COUNT PERIOD READERS: wait for READERS subscribers, publish COUNT frames
     (DIR/sent.npz's tensors, or with no such file frame i as 'x' = full((64, 64), i)), PERIOD s
-    apart, write DIR/pub.json, then spin until SIGINT.
+    apart, write DIR/pub.json, then spin until SIGINT. (FAST 'lend': on, and each frame written
+    into a borrowed slot when the publisher lends one.)
 sub TOPIC DIR FAST COUNT DELAY: (FAST 'first': on, and TensorLists too until the first descriptor,
     as for a publisher on another board) receive until COUNT frames arrived or were dropped, or 2 s passed
     without either (DELAY s in each callback: a slow reader); keep the first frame's arrays alive
@@ -38,7 +39,8 @@ def header_for(frame: int) -> Header:
     return header
 
 
-def publish(topic: str, out: Path, slots: int, count: int, period: float, readers: int) -> int:
+def publish(topic: str, out: Path, slots: int, count: int, period: float, readers: int,
+            lend: bool = False) -> int:
     node = rclpy.create_node('fastpath_pub', parameter_overrides=[
         rclpy.parameter.Parameter('fast_path_slots', value=slots)])
     pub = TensorPublisher(node, topic, QOS)
@@ -48,9 +50,15 @@ def publish(topic: str, out: Path, slots: int, count: int, period: float, reader
     fixed = dict(np.load(out / 'sent.npz')) if (out / 'sent.npz').exists() else None
     for i in range(count):
         tensors = fixed if fixed is not None else {'x': np.full((64, 64), i, dtype=np.float32)}
+        slot = pub.borrow() if lend else None
+        if slot is not None:           # what a stage has ONNX Runtime do: write the frame in place
+            for name, value in tensors.items():
+                np.copyto(slot[name], value)
+            tensors = slot
         pub.publish(header_for(i), i, tensors)
         spin_until(node, lambda: False, timeout=period)
     (out / 'pub.json').write_text(json.dumps({'sent': dict(pub.sent), 'failures': pub.failures,
+                                              'in_place': pub.in_place,
                                               'segments': fastpath.own_segments()}))
     while rclpy.ok():
         spin_until(node, lambda: False, timeout=0.2)
@@ -117,11 +125,12 @@ def plain(topic: str, out: Path, count: int) -> int:
 if __name__ == '__main__':
     role, topic, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     rest = sys.argv[4:]
-    fast = rest[0] in ('on', 'first') if role != 'plain' else False
+    fast = rest[0] in ('on', 'first', 'lend') if role != 'plain' else False
     rclpy.init(args=['peer', '--ros-args', '-p', f'fast_path:={str(fast).lower()}'])
     try:
         if role == 'pub':
-            code = publish(topic, out_dir, int(rest[1]), int(rest[2]), float(rest[3]), int(rest[4]))
+            code = publish(topic, out_dir, int(rest[1]), int(rest[2]), float(rest[3]), int(rest[4]),
+                           rest[0] == 'lend')
         elif role == 'sub':
             code = subscribe(topic, out_dir, int(rest[1]), float(rest[2]), rest[0] == 'first')
         else:

@@ -334,6 +334,7 @@ class TensorPublisher:
         self.topic = topic
         self.failures = 0
         self.sent: Counter[str] = Counter()   # frames by path: 'payload', 'shm', 'local'; 'nobody' matched
+        self.in_place = 0                     # 'shm' frames written into a borrowed slot: no copy
         self._node = node
         self._resolved = node.resolve_topic_name(topic)
         enabled, slots = fast_path_settings(node, qos.depth)
@@ -344,6 +345,7 @@ class TensorPublisher:
         self._layout: fastpath.Layout | None = None
         self._ref_msg: Any = None
         self._wire: RefWire | None = None
+        self._loan: fastpath.Claim | None = None     # a slot lent out by borrow()
         if self._fast:
             fastpath.reap()
             # the descriptor topic first: subscribers take a payload-only topic for a plain publisher
@@ -385,7 +387,9 @@ class TensorPublisher:
         if self._fast:
             local = fastpath.LOCAL_BUS.subscribers(self._resolved)
             if local:
-                shared = Frame(header, int(frame), {k: _read_only(v) for k, v in tensors.items()})
+                lent = self._loan is not None    # a slot's views would change under them: copies
+                shared = Frame(header, int(frame), {k: _read_only(np.array(v) if lent else v)
+                                                    for k, v in tensors.items()})
                 for subscriber in local:
                     try:
                         subscriber.deliver_local(shared)
@@ -400,6 +404,7 @@ class TensorPublisher:
             ok = self._send(self._publisher, msg, 'payload') and ok
         if not self.sent.total() - sent_before:
             self.sent['nobody'] += 1      # no reader matched on any path (DDS would drop it too)
+        self.give_back()                  # borrowed, but its reader left before publish
         return ok
 
     def _send(self, publisher: Any, msg: Any, path: str) -> bool:
@@ -413,22 +418,65 @@ class TensorPublisher:
         self.sent[path] += 1
         return True
 
+    def borrow(self) -> dict[str, np.ndarray[Any, Any]] | None:
+        """Writable arrays, laid out like the last frame sent by shared memory, inside the slot
+        the next frame goes to.
+
+        A producer that writes its frame there (a stage binds ONNX Runtime's outputs to them) and
+        passes them to :meth:`publish` saves the fast path its copy. None when there is nothing to
+        save: no frame sent that way yet, no reader on this host, readers in this process (they
+        must never see a slot reused), or no free slot. Call :meth:`give_back` if the frame is not
+        published after all.
+        """
+        if (self._layout is None or self._ring is None or self._refs is None
+                or self._refs.get_subscription_count() == 0
+                or fastpath.LOCAL_BUS.subscribers(self._resolved)):
+            return None
+        self.give_back()
+        try:
+            claim = self._ring.claim(self._layout)
+        except OSError:            # publish() finds out again, says so and goes on without it
+            return None
+        if claim is None:
+            return None
+        self._loan = claim
+        names = (place.name for place in self._layout.placements)
+        return dict(zip(names, self._ring.views(claim), strict=True))
+
+    def give_back(self) -> None:
+        """Return a borrowed slot unpublished (its producer failed); a no-op without a loan."""
+        loan, self._loan = self._loan, None
+        if loan is not None and self._ring is not None:
+            self._ring.release(loan)
+
+    def _is_loan(self, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> bool:
+        return (self._loan is not None and self._ring is not None
+                and len(arrays) == len(views := self._ring.views(self._loan))
+                and all(arr is view for (_, arr), view in zip(arrays, views, strict=True)))
+
     def _publish_ref(self, header: Any, frame: int, tensors: Mapping[str, Any]) -> bool:
         assert self._ring is not None
         arrays = [(name, np.asarray(value)) for name, value in tensors.items()]
-        key = [(name, arr.dtype, arr.shape) for name, arr in arrays]
-        if key != self._ref_key:        # a new set of tensors: lay it out and describe it, once
-            self._describe(arrays)
-            self._ref_key = key
-        assert self._layout is not None
-        try:
-            claim = self._ring.claim(self._layout)
-        except OSError as exc:     # /dev/shm full or gone: this publisher carries on without it
-            self._node.get_logger().error(f'topic {self._resolved!r}: shared memory failed ({exc}); '
-                                          'publishing every frame as a TensorList from now on')
-            self._stop_fast_path()
-            self.failures += 1
-            return False
+        written_in_place = self._is_loan(arrays)
+        if written_in_place:
+            claim, self._loan = self._loan, None
+            self.in_place += 1
+        else:
+            self.give_back()
+            key = [(name, arr.dtype, arr.shape) for name, arr in arrays]
+            if key != self._ref_key:        # a new set of tensors: lay it out and describe it, once
+                self._describe(arrays)
+                self._ref_key = key
+            assert self._layout is not None
+            try:
+                claim = self._ring.claim(self._layout)
+            except OSError as exc:     # /dev/shm full or gone: this publisher carries on without it
+                self._node.get_logger().error(f'topic {self._resolved!r}: shared memory failed '
+                                              f'({exc}); publishing every frame as a TensorList '
+                                              'from now on')
+                self._stop_fast_path()
+                self.failures += 1
+                return False
         if claim is None:          # every slot is still held by a reader
             self.failures += 1
             return False
@@ -444,7 +492,7 @@ class TensorPublisher:
         try:                       # the descriptor first: the copy runs while it travels
             return self._send(self._refs, msg, 'shm')
         finally:
-            self._ring.fill(claim, arrays)
+            self._ring.fill(claim, None if written_in_place else arrays)
 
     def _describe(self, arrays: Sequence[tuple[str, np.ndarray[Any, Any]]]) -> None:
         """The layout of these tensors in a slot and the descriptor message naming them."""
@@ -472,6 +520,7 @@ class TensorPublisher:
             self._wire = None
 
     def _stop_fast_path(self) -> None:
+        self.give_back()
         if self._refs is not None:
             self._node.destroy_publisher(self._refs)
             self._refs = None
