@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from autodice_ros.inference import create_session, lean_model_bytes, run_session
@@ -38,3 +39,22 @@ def test_weights_in_typed_fields_or_external_files_load_the_plain_way(tmp_path: 
     for name in ('typed.onnx', 'ext.onnx'):
         session, _ = create_session(tmp_path / name)
         assert np.allclose(run_session(session, {'x': x})['y'], x @ weight)
+
+
+def test_outputs_written_into_given_arrays_match_and_a_wrong_shape_is_refused(
+        zoo_model: Callable[[str], Path]) -> None:
+    # what a stage does with a borrowed shared-memory slot: ONNX Runtime writes the outputs there
+    session, _ = create_session(zoo_model('squeezenet'))
+    x = np.random.default_rng(1).random(session.get_inputs()[0].shape).astype(np.float32)
+    x.flags.writeable = False                   # inputs arrive as read-only views of a slot
+    feed = {session.get_inputs()[0].name: x}
+    plain = run_session(session, feed)
+    into = {name: np.full(value.shape, np.nan, value.dtype) for name, value in plain.items()}
+    got = run_session(session, feed, into=into)
+    for name, value in plain.items():
+        assert got[name] is into[name] and np.array_equal(into[name], value)
+    name, value = next(iter(plain.items()))
+    with pytest.raises(Exception, match=name):   # ONNX Runtime's own (untyped) error
+        run_session(session, feed, into={name: np.empty((2, *value.shape[1:]), value.dtype)})
+    with pytest.raises(ValueError, match=name):
+        run_session(session, feed, into={})

@@ -110,7 +110,22 @@ def create_session(path: Path, threads: int = 1, provider: str = CPU,
     return session, SessionChoice(providers[0], options.intra_op_num_threads, reason)
 
 
-def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run with named inputs; returns every output by name."""
+def run_session(session: Any, inputs: Mapping[str, np.ndarray],
+                into: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Run with named inputs; returns every output by name.
+
+    ``into``: an array for every output, which ONNX Runtime writes the outputs into (and which
+    are returned), so a stage's outputs land in a borrowed shared-memory slot with no copy. A
+    shape or dtype the model does not produce raises."""
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, dict(inputs)), strict=True))
+    if into is None:
+        return dict(zip(names, session.run(names, dict(inputs)), strict=True))
+    if sorted(into) != sorted(names):
+        raise ValueError(f'outputs to write into: {sorted(into)}; the model has {sorted(names)}')
+    binding = session.io_binding()
+    for name, value in inputs.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name, out in into.items():
+        binding.bind_output(name, 'cpu', 0, out.dtype, out.shape, out.ctypes.data)
+    session.run_with_iobinding(binding)
+    return dict(into)
