@@ -1,12 +1,13 @@
 """Split bundles run as separate processes over real DDS and equal the single node, frame by frame."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline_helpers import ros_node, split, synthetic_images, whole_model
+from pipeline_helpers import DiagnosticsWatch, ros_node, split, synthetic_images, whole_model
 
 from autodice_ros.driver import PipelineDriver
 from autodice_ros.manifest import load_bundle
@@ -18,11 +19,15 @@ RATE_HZ = 5.0
 
 
 def run_frames(bundle: Path, namespace: str) -> tuple[PipelineDriver, list]:
-    """Send FRAMES images at 5 fps through the whole pipeline; return the driver and the images."""
+    """Send FRAMES images at 5 fps through the whole pipeline; return the driver and the images.
+    Every stage (each its own process here) has ONNX Runtime write its outputs straight into the
+    shared-memory slot its same-host reader maps, once the first frame has laid the slots out."""
     manifest = load_bundle(bundle).manifest
     images = synthetic_images(FRAMES)
-    with ros_node('e2e_driver') as node, Runner(make_plan(bundle, PlanOptions(source='none',
-                                                                              namespace=namespace))):
+    specs = make_plan(bundle, PlanOptions(source='none', namespace=namespace))
+    stages = [f'{namespace}/{s.name}' for s in specs if s.executable == 'stage']
+    with ros_node('e2e_driver') as node, Runner(specs):
+        watch = DiagnosticsWatch(node)
         driver = PipelineDriver(node, manifest, namespace, record_inputs=True)
         driver.wait_connected()
         for image in images:
@@ -30,6 +35,8 @@ def run_frames(bundle: Path, namespace: str) -> tuple[PipelineDriver, list]:
             driver.spin_for(1.0 / RATE_HZ)
         assert driver.wait_for(FRAMES, timeout=60.0), f'{len(driver.collected.outputs)}/{FRAMES} frames'
         driver.spin_for(0.5)
+        reports = watch.after(stages, time.time_ns())
+    assert stages and all(int(r['frames_written_in_place']) >= FRAMES for r in reports.values()), reports
     return driver, images
 
 
