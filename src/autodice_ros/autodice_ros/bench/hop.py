@@ -45,17 +45,27 @@ class Setup:
     profile: str          # '' (Fast DDS defaults), 'board' or 'network': the shipped XML profiles
     fast_path: bool       # shared memory between processes / hand-off inside one
     in_process: bool = False
+    lend: bool = False    # the producer writes into a borrowed slot (as stages do): no copy
     help: str = ''
+
+    @property
+    def mode(self) -> str:
+        """How the peers are told (their command line): off, on or lend."""
+        return 'lend' if self.lend else 'on' if self.fast_path else 'off'
 
 
 SETUPS: dict[str, Setup] = {
     'default': Setup('', False, help='Fast DDS defaults, TensorList payload'),
     'shipped': Setup('board', False, help='shipped board profile + malloc tunables, TensorList payload'),
     'network': Setup('network', False, help='shipped network profile (LARGE_DATA), TensorList payload'),
-    'fastpath': Setup('board', True, help='shared-memory slots + descriptor over DDS, two processes'),
+    'fastpath': Setup('board', True, help='shared-memory slots + descriptor over DDS, two processes; '
+                      'publish copies the arrays into a slot'),
+    'lent': Setup('board', True, lend=True,
+                  help='the same, the producer writing into a borrowed slot (as a stage has ONNX '
+                       'Runtime do): no copy'),
     'inprocess': Setup('board', True, True, help='publisher and subscriber in one process: no copy'),
 }
-DEFAULT_SETUPS = ('default', 'shipped', 'fastpath', 'inprocess')
+DEFAULT_SETUPS = ('default', 'shipped', 'fastpath', 'lent', 'inprocess')
 
 
 def setup_env(name: str, base: Mapping[str, str]) -> dict[str, str]:
@@ -91,12 +101,12 @@ def memcpy_ms(nbytes: int, repeat: int = 30) -> float:
 
 # -- the peers ----------------------------------------------------------------------------------
 
-def _init(fast_path: bool) -> Any:
+def _init(mode: str) -> Any:
     import rclpy
 
     from autodice_ros.executor import make_executor
 
-    rclpy.init(args=['hop', '--ros-args', '-p', f'fast_path:={str(fast_path).lower()}'])
+    rclpy.init(args=['hop', '--ros-args', '-p', f'fast_path:={str(mode != "off").lower()}'])
     return make_executor()     # what the nodes spin with (AUTODICE_EXECUTOR)
 
 
@@ -115,7 +125,7 @@ def _spin(executor: Any, seconds: float, done: Callable[[], bool] = lambda: Fals
     return True
 
 
-def _send(executor: Any, sizes: Sequence[float], count: int, warmup: int) -> int:
+def _send(executor: Any, sizes: Sequence[float], count: int, warmup: int, lend: bool) -> int:
     import rclpy
 
     from autodice_ros.codec import TensorPublisher, qos_profile
@@ -132,8 +142,13 @@ def _send(executor: Any, sizes: Sequence[float], count: int, warmup: int) -> int
     for mb in sizes:
         payload = np.random.default_rng(1).random(shape_for(mb), dtype=np.float32)
         for _ in range(warmup + count):
+            tensors = pub.borrow() if lend else None
+            if tensors is not None and tensors['x'].shape == payload.shape:
+                np.copyto(tensors['x'], payload)    # the producer's own writing, before the clock
+            else:                       # a size's first frame: publish lays the slots out anew
+                tensors = None
             header = now_header(f'{mb}')
-            pub.publish(header, frame, {'x': payload})
+            pub.publish(header, frame, tensors or {'x': payload})
             frame += 1
             _spin(executor, 1.0 / RATE_HZ)
     return 0
@@ -164,19 +179,19 @@ def _report(samples: list[tuple[str, int, float]], errors: list[str], sub: Any) 
                'drops': dict(sub.drops)}, sys.stdout)
 
 
-def _publisher(sizes: Sequence[float], count: int, warmup: int, fast_path: bool) -> int:
+def _publisher(sizes: Sequence[float], count: int, warmup: int, mode: str) -> int:
     import rclpy
 
     try:
-        return _send(_init(fast_path), sizes, count, warmup)
+        return _send(_init(mode), sizes, count, warmup, mode == 'lend')
     finally:
         rclpy.try_shutdown()
 
 
-def _subscriber(total: int, timeout: float, fast_path: bool) -> int:
+def _subscriber(total: int, timeout: float, mode: str) -> int:
     import rclpy
 
-    executor = _init(fast_path)
+    executor = _init(mode)
     try:
         samples, errors, sub = _receiver(executor)
         _spin(executor, timeout, lambda: len(samples) >= total)
@@ -186,14 +201,14 @@ def _subscriber(total: int, timeout: float, fast_path: bool) -> int:
     return 0
 
 
-def _both(sizes: Sequence[float], count: int, warmup: int, fast_path: bool) -> int:
+def _both(sizes: Sequence[float], count: int, warmup: int, mode: str) -> int:
     """Publisher and subscriber nodes in one process, one executor."""
     import rclpy
 
-    executor = _init(fast_path)
+    executor = _init(mode)
     try:
         samples, errors, sub = _receiver(executor)
-        status = _send(executor, sizes, count, warmup)
+        status = _send(executor, sizes, count, warmup, mode == 'lend')
         _spin(executor, 1.0, lambda: len(samples) >= len(sizes) * (warmup + count))
         _report(samples, errors, sub)
     finally:
@@ -211,7 +226,7 @@ def run_setup(name: str, sizes: Sequence[float], count: int, warmup: int,
     total = len(sizes) * (warmup + count)
     timeout = 30.0 + total / RATE_HZ * 4
     cmd = [sys.executable, '-m', 'autodice_ros.bench.hop']
-    fast = 'on' if setup.fast_path else 'off'
+    fast = setup.mode
     send_args = [','.join(map(str, sizes)), str(count), str(warmup), fast]
     if setup.in_process:
         out = subprocess.run([*cmd, 'both', *send_args], env=env, stdout=subprocess.PIPE, text=True,
@@ -237,7 +252,7 @@ def run_setup(name: str, sizes: Sequence[float], count: int, warmup: int,
     return result
 
 
-TARGET = ('fastpath', '3.2MB', 8.0)    # set-up, size, p50 at most this many same-run memcpys
+TARGET = ('lent', '3.2MB', 8.0)    # set-up (what stages do), size, p50 at most this many same-run memcpys
 
 
 def run(sizes: Sequence[float] = DEFAULT_SIZES_MB, setups: Sequence[str] = DEFAULT_SETUPS,
@@ -274,9 +289,9 @@ def main(argv: Sequence[str]) -> int:
     if role in ('pub', 'both'):
         sizes = [float(x) for x in args[0].split(',')]
         peer = _publisher if role == 'pub' else _both
-        return peer(sizes, int(args[1]), int(args[2]), args[3] == 'on')
+        return peer(sizes, int(args[1]), int(args[2]), args[3])
     if role == 'sub':
-        return _subscriber(int(args[0]), float(args[1]), args[2] == 'on')
+        return _subscriber(int(args[0]), float(args[1]), args[2])
     raise SystemExit(f'usage: python -m autodice_ros.bench.hop pub|sub|both ...; got {role!r}')
 
 

@@ -14,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest='bench', required=True, metavar='{hop,split,pipeline,faults,boards,all}')
     hop = sub.add_parser('hop', help='one-way latency of a tensor hop between two processes')
     hop.add_argument('--sizes', type=_floats, default=[0.6, 3.2, 12.8], help='payload sizes in MB')
-    hop.add_argument('--setups', default='default,shipped,fastpath,inprocess',
-                     help='comma list of: default, shipped, network, fastpath, inprocess')
+    hop.add_argument('--setups', default='default,shipped,fastpath,lent,inprocess',
+                     help='comma list of: default, shipped, network, fastpath, lent, inprocess')
     hop.add_argument('--count', type=int, default=30, help='messages per size (after warm-up)')
     hop.add_argument('-o', '--out', type=Path, help='also write the JSON here')
     split = sub.add_parser('split', help='whole model vs sum of its parts; predicted vs measured stages')
