@@ -3,7 +3,8 @@
 pub TOPIC DIR FAST SLOTS COUNT PERIOD READERS: wait for READERS subscribers, publish COUNT frames
     (DIR/sent.npz's tensors, or with no such file frame i as 'x' = full((64, 64), i)), PERIOD s
     apart, write DIR/pub.json, then spin until SIGINT. (FAST 'lend': on, and each frame written
-    into a borrowed slot when the publisher lends one.)
+    into a borrowed slot when the publisher lends one of its shape; frames 5 and 6 are then half
+    as tall, so the layout changes twice.)
 sub TOPIC DIR FAST COUNT DELAY: (FAST 'first': on, and TensorLists too until the first descriptor,
     as for a publisher on another board) receive until COUNT frames arrived or were dropped, or 2 s passed
     without either (DELAY s in each callback: a slow reader); keep the first frame's arrays alive
@@ -49,9 +50,11 @@ def publish(topic: str, out: Path, slots: int, count: int, period: float, reader
     spin_until(node, lambda: False, timeout=0.5)    # every endpoint of every reader matched
     fixed = dict(np.load(out / 'sent.npz')) if (out / 'sent.npz').exists() else None
     for i in range(count):
-        tensors = fixed if fixed is not None else {'x': np.full((64, 64), i, dtype=np.float32)}
+        rows = 32 if lend and i in (5, 6) else 64
+        tensors = fixed if fixed is not None else {'x': np.full((rows, 64), i, dtype=np.float32)}
         slot = pub.borrow() if lend else None
-        if slot is not None:           # what a stage has ONNX Runtime do: write the frame in place
+        if slot is not None and all(slot[k].shape == v.shape for k, v in tensors.items()):
+            # what a stage has ONNX Runtime do: write the frame in place
             for name, value in tensors.items():
                 np.copyto(slot[name], value)
             tensors = slot
@@ -73,7 +76,7 @@ def subscribe(topic: str, out: Path, count: int, delay: float, payload_first: bo
     wrong: list[int] = []
 
     def on_frame(_topic: str, frame: Frame) -> None:
-        if 'x' in frame.tensors and frame.tensors['x'].shape == (64, 64):
+        if 'x' in frame.tensors and frame.tensors['x'].shape in ((64, 64), (32, 64)):
             if not np.all(frame.tensors['x'] == frame.frame):
                 wrong.append(frame.frame)
         frames.append(frame.frame)
