@@ -5,6 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pipeline_helpers import ros_node, split, synthetic_images, whole_model
 from test_plan import three_stage_bundle
 
@@ -59,15 +60,35 @@ def test_in_process_runs_a_boards_stages_in_one_process(tmp_path: Path) -> None:
     assert "partitions:='p1,p2'" in board_b[0].ros_arguments()
 
 
-def test_stages_in_one_process_equal_the_whole_model(tmp_path: Path,
+def test_one_process_folds_the_camera_head_and_tail_into_the_stages_process(tmp_path: Path) -> None:
+    bundle = three_stage_bundle(tmp_path)
+    specs = make_plan(bundle, PlanOptions(one_process=True, image_topic='/cam/image_raw'))
+    assert [(s.executable, s.name) for s in specs] == [('image_source', 'image_source'),
+                                                       ('stages', 'stages')]
+    stages = specs[1].parameters
+    assert stages['camera_head'] is True and stages['tail'] is True and stages['partitions'] == 'p0,p1,p2'
+    assert stages['image_qos.depth'] == stages['qos.depth']         # the head's own parameters
+    assert ('image', '/cam/image_raw') in specs[1].remappings
+    board_a = make_plan(bundle, PlanOptions(board='a', one_process=True, source='none'))
+    assert [s.name for s in board_a] == ['stages_a']
+    assert (board_a[0].parameters['camera_head'], board_a[0].parameters['tail']) == (True, False)
+    assert board_a[0].env['RMW_FASTRTPS_PUBLICATION_MODE'] == 'ASYNCHRONOUS'   # p0 -> board b
+    board_b = make_plan(bundle, PlanOptions(board='b', one_process=True, source='none'))
+    assert [s.name for s in board_b] == ['stages_b']
+    assert (board_b[0].parameters['camera_head'], board_b[0].parameters['tail']) == (False, True)
+
+
+@pytest.mark.parametrize('option', ['in_process', 'one_process'])
+def test_stages_in_one_process_equal_the_whole_model(option: str, tmp_path: Path,
                                                      zoo_model: Callable[[str], Path]) -> None:
     model = zoo_model('squeezenet')
     bundle = split(model, tmp_path / 'bundle', '--boards', '3')
     manifest = load_bundle(bundle).manifest
     assert len(manifest.partitions) == 3
-    namespace = '/fastpath_stages'
-    specs = make_plan(bundle, PlanOptions(source='none', namespace=namespace, in_process=True))
-    assert [s.executable for s in specs] == ['camera_head', 'stages', 'tail']
+    namespace = f'/fastpath_{option}'
+    specs = make_plan(bundle, PlanOptions(source='none', namespace=namespace, **{option: True}))
+    folded = option == 'one_process'
+    assert [s.executable for s in specs] == (['stages'] if folded else ['camera_head', 'stages', 'tail'])
     images = synthetic_images(6)
     with ros_node('stages_driver') as node, Runner(specs) as runner:
         driver = PipelineDriver(node, manifest, namespace, record_inputs=True)
@@ -76,9 +97,11 @@ def test_stages_in_one_process_equal_the_whole_model(tmp_path: Path,
             driver.send(image)
             driver.spin_for(0.2)
         assert driver.wait_for(len(images), timeout=60.0), f'{len(driver.collected.outputs)} frames'
-        # only the last stage's output leaves the process (to the tail): the only slots it owns
-        owned = fastpath.own_segments(pid=runner.pid('stages'))
-        assert 0 < len(owned) <= 10 + 2
+        names = {name for name, ns in node.get_node_names_and_namespaces() if ns == namespace}
+        assert {'camera_head', 'tail', 'stage0', 'stage1', 'stage2'} <= names
+        if not folded:   # only the last stage's output leaves the process (to the tail): its slots
+            owned = fastpath.own_segments(pid=runner.pid('stages'))
+            assert 0 < len(owned) <= 10 + 2
     got = driver.collected
     sent = [(i.header.stamp.sec, i.header.stamp.nanosec) for i in images]
     assert got.order == sent and not got.errors

@@ -86,6 +86,9 @@ class PlanOptions:
                            '(false: every tensor as a TensorList over DDS)')
     in_process: bool = _opt(False, "this board's stages (all, without 'board') in one process "
                             "('stages'): no copy between them, but one crash stops them all")
+    one_process: bool = _opt(False, "as in_process, and this board's camera head and tail join that "
+                             'process too: one ROS process per board (about 100 MiB less per node '
+                             'folded in), one crash stops them all')
     keystore: str = _opt('', 'SROS2 keystore: DDS security on, each node in enclave <namespace>/<node> '
                          '(needs a Fast DDS built with security); empty: off')
 
@@ -235,7 +238,7 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
         specs.append(NodeSpec('camera_head', 'camera_head', ns, head_board,
                               {'bundle': root, **tensors, **image_qos}, env_for('camera_head'), remap))
     threads: dict[str, ParamValue] = {'threads': options.threads} if options.threads else {}
-    if options.in_process:          # this machine's stages in one process, on its widest link's profile
+    if options.in_process or options.one_process:   # one process, on its widest link's profile
         parts = [p for p in manifest.partitions if here(p.board)]
         widest = next((p.name for p in parts if crossing.get(p.name)), parts[0].name)
         specs.append(NodeSpec('stages', stages_node_name(options.board), ns, options.board or parts[0].board,
@@ -248,6 +251,30 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
                                   env_for(part.name)))
     if options.tail and here(tail_board):
         specs.append(NodeSpec('tail', 'tail', ns, tail_board, {'bundle': root, **receivers}, env_for('tail')))
+    if options.one_process:
+        specs = fold_into_stages(specs)
     if options.keystore:
         specs = [secured(spec, options.keystore) for spec in specs]
     return specs
+
+
+FOLDED = ('camera_head', 'tail')     # the nodes ``one_process`` runs inside the ``stages`` process
+
+
+def fold_into_stages(specs: list[NodeSpec]) -> list[NodeSpec]:
+    """The camera head and tail specs merged into the ``stages`` spec: their parameters and
+    remappings (the process's, which the stages ignore), a flag each (the ``stages`` parameters
+    ``camera_head`` and ``tail``), and their environment (asynchronous publication if any of them
+    publishes across boards)."""
+    stages = next(s for s in specs if s.executable == 'stages')
+    folded = [s for s in specs if s.executable in FOLDED]
+    parameters: dict[str, ParamValue] = {}
+    env: dict[str, str] = {}
+    remappings = list(stages.remappings)
+    for spec in [*folded, stages]:
+        parameters.update(spec.parameters)
+        env.update(spec.env)
+        remappings += [r for r in spec.remappings if r not in remappings]
+    parameters.update({name: any(s.executable == name for s in folded) for name in FOLDED})
+    merged = replace(stages, parameters=parameters, env=env, remappings=tuple(remappings))
+    return [merged if s is stages else s for s in specs if s.executable not in FOLDED]

@@ -8,8 +8,10 @@ multi-threaded executor would poll a busy stage's pending messages and burn a co
 the transport hands the output arrays over directly -- no copy, no DDS -- while each stage still
 publishes on its topic for consumers elsewhere. One crash stops them all.
 
-Parameters of the ``stages`` node: ``bundle`` and ``partitions`` (comma-separated). Every other
-parameter on the command line (``threads``, ``qos.*``, ``fast_path``, ...) reaches each stage.
+Parameters of the ``stages`` node: ``bundle`` and ``partitions`` (comma-separated); ``camera_head``
+and ``tail`` (the plan's ``one_process``): run the board's camera head and tail here too, under
+their usual names, so the board is one ROS process. Every other parameter on the command line
+(``threads``, ``qos.*``, ``fast_path``, ``image_qos.*``, ...) reaches each node that declares it.
 """
 from __future__ import annotations
 
@@ -41,10 +43,19 @@ class StagesNode(Node):
         parts = [manifest.partition(name.strip()) for name in names.split(',') if name.strip()]
         if not parts:
             raise BundleError(f'{self.get_fully_qualified_name()}: parameter partitions is empty')
+        with_head = declare(self, 'camera_head', False, "also run the board's camera head in this process")
+        with_tail = declare(self, 'tail', False, "also run the board's tail in this process")
         self.stages = [
             StageNode(cli_args=['--ros-args', '-r', f'__node:={stage_node_name(part.name)}'],
                       parameter_overrides=[Parameter('partition', value=part.name)])
             for part in parts]
+        self.others: list[Node] = []      # camera head, tail: ordinary nodes, active once made
+        if with_head:
+            from autodice_ros.nodes.camera_head import CameraHead
+            self.others.append(CameraHead(cli_args=['--ros-args', '-r', '__node:=camera_head']))
+        if with_tail:
+            from autodice_ros.nodes.tail import Tail
+            self.others.append(Tail(cli_args=['--ros-args', '-r', '__node:=tail']))
 
     def start(self) -> bool:
         """Configure and activate every stage, upstream first (as ``stage`` does with autostart)."""
@@ -79,7 +90,7 @@ def main(args: Sequence[str] | None = None) -> int:
     threads: list[threading.Thread] = []
     try:
         container = StagesNode()
-        nodes = [container, *container.stages]
+        nodes = [container, *container.stages, *container.others]
         if not container.start():
             return 1
         for node in nodes:
