@@ -804,8 +804,9 @@ class Bench:
                 break
             if hi is None:
                 rate *= 1.25
-            elif lo is None:
-                rate = min(rate * 0.8, max(trial['fps'], 0.05) * 0.97)
+            elif lo is None:     # just under the output rate it managed (about its capacity);
+                # a fixed 20 % step down spent a short run's trial well below the peak
+                rate = min(rate * 0.95, max(trial['fps'], 0.05) * 0.97)
             else:
                 rate = (lo['rate'] + hi) / 2
         if lo is None:
