@@ -485,6 +485,7 @@ class BenchConfig:
     strategies: tuple[str, ...] = ('layer', 'lop', 'hybrid')
     cpu: float | None = 0.5
     memory: int | None = None            # throughput runs: no limit (the demo sets one)
+    one_process: bool = False            # throughput runs: each board one process (plan option)
     demo_memory: int | None = 576 * 2**20      # see DEMO_MAPPINGS for why this limit
     demo_reference_memory: int | None = 2**30  # the whole model once more, at this limit
     demo_ks: tuple[int, ...] = (1, 3)
@@ -748,7 +749,8 @@ class Bench:
                 stage_ms = stage_times(boards, bundle, cfg.stage_repeat)
                 for name in boards.spec.names:
                     boards.reset_peaks(name)
-                procs = boards.start_pipeline(bundle, ['--source', 'none', *run_args(strategy)],
+                procs = boards.start_pipeline(bundle, ['--source', 'none',
+                                                       *run_args(strategy, cfg.one_process)],
                                               stdout=logfile, stderr=logfile)
                 driver = connect_driver(boards, bundle, board_watch(boards, procs), logfile,
                                         timeout=120.0, attempts=3, say=self.log)
@@ -1031,9 +1033,12 @@ def _link_dict(counters: LinkCounters) -> dict[str, int]:
     return {'tx_bytes': counters.tx_bytes, 'rx_bytes': counters.rx_bytes}
 
 
-def run_args(strategy: str) -> list[str]:
+def run_args(strategy: str, one_process: bool = False) -> list[str]:
     """``autodice run`` flags per strategy: a within-layer split puts many partitions on each
-    board, so a board runs them in one process (``--in-process``), not one process each."""
+    board, so a board runs them in one process (``--in-process``), not one process each;
+    ``one_process``: every board one process, camera head and tail included."""
+    if one_process:
+        return ['--one-process', 'true']
     return [] if strategy == 'layer' else ['--in-process', 'true']
 
 
@@ -1281,6 +1286,7 @@ def run(config: BenchConfig, log: Callable[[str], None] | None = None) -> dict[s
                  'seconds': round(time.monotonic() - started, 1)},
         'settings': {'cpu': config.cpu, 'memory': config.memory, 'links': list(config.links),
                      'ks': list(config.ks), 'strategies': list(config.strategies),
+                     'one_process': config.one_process,
                      'sustained': f'< {SUSTAINED_DROPS:.0%} lost or late, output rate >= '
                                   f'{KEEP_PACE:.0%} of input rate'},
         'energy_model': bench.energy.source,
@@ -1324,6 +1330,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         if args.no_demo:
             raise BoardsError('--demo-only and --no-demo leave nothing to run; pick one')
         changes['strategies'] = ()
+    if args.one_process:
+        changes['one_process'] = True
     if args.demo_model:
         changes['demo_model'] = args.demo_model
     if args.demo_mapping:
@@ -1340,6 +1348,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "--short: layer)")
     parser.add_argument('--cpu', help='cores per board (default 0.5)')
     parser.add_argument('--memory', help='memory limit per board for the throughput runs (default none)')
+    parser.add_argument('--one-process', action='store_true',
+                        help='throughput runs with each board one process: its camera head, stages '
+                             'and tail together (the plan option one_process)')
     parser.add_argument('--demo-memory', help='memory limit per board in the memory demo (default 576MiB: '
                                               'whole vgg19 thrashes or is OOM-killed, the built-in mapping '
                                               'runs; without --short, the whole model also at 1GiB)')
