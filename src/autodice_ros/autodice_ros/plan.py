@@ -270,7 +270,7 @@ def fold_into_stages(specs: list[NodeSpec]) -> list[NodeSpec]:
     folded = [s for s in specs if s.executable in FOLDED]
     parameters: dict[str, ParamValue] = {}
     env: dict[str, str] = {}
-    remappings = list(stages.remappings)
+    remappings: list[tuple[str, str]] = []
     for spec in [*folded, stages]:
         parameters.update(spec.parameters)
         env.update(spec.env)

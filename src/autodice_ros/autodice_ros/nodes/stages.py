@@ -27,8 +27,10 @@ from rclpy.parameter import Parameter
 
 from autodice_ros.errors import AutodiceError, BundleError
 from autodice_ros.manifest import load_bundle
+from autodice_ros.nodes.camera_head import CameraHead
 from autodice_ros.nodes.common import declare
 from autodice_ros.nodes.stage import StageNode
+from autodice_ros.nodes.tail import Tail
 from autodice_ros.plan import stage_node_name
 
 
@@ -51,10 +53,8 @@ class StagesNode(Node):
             for part in parts]
         self.others: list[Node] = []      # camera head, tail: ordinary nodes, active once made
         if with_head:
-            from autodice_ros.nodes.camera_head import CameraHead
             self.others.append(CameraHead(cli_args=['--ros-args', '-r', '__node:=camera_head']))
         if with_tail:
-            from autodice_ros.nodes.tail import Tail
             self.others.append(Tail(cli_args=['--ros-args', '-r', '__node:=tail']))
 
     def start(self) -> bool:
