@@ -17,10 +17,11 @@ their semantics stay rclpy's. A ``spin_once`` may run several callbacks (like rc
 
 It is opt-in: ``AUTODICE_EXECUTOR=direct`` in a node's environment (:func:`make_executor`);
 nodes spin with rclpy's ``SingleThreadedExecutor`` otherwise. It shortens the in-process hand-off
-(3.2 MB p50 0.89-1.01 -> 0.59-0.82 ms) but not the same-board fast path, whose critical path is
-the writer's cold copy, and in an A/B of ``bench boards`` (layer-wise K=3, 1 Gbit/s, alternating
-runs) its peak rates were no better: 2.01-2.32 fps (mean 2.19, 5 runs) against rclpy's 2.01-2.56
-(mean 2.32, 4 runs), within this host's noise.
+(3.2 MB p50 0.89-1.01 -> 0.59-0.82 ms) but not the same-board fast path (written in place as
+stages do: 0.97-1.20 ms against rclpy's 0.90-1.23, the DDS trip of the descriptor), and in an
+A/B of ``bench boards`` (layer-wise K=3, 1 Gbit/s, alternating runs) its peak rates were no
+better: 2.01-2.32 fps (mean 2.19, 5 runs) against rclpy's 2.01-2.56 (mean 2.32, 4 runs), within
+this host's noise.
 """
 from __future__ import annotations
 
