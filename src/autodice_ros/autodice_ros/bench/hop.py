@@ -142,13 +142,13 @@ def _send(executor: Any, sizes: Sequence[float], count: int, warmup: int, lend: 
     for mb in sizes:
         payload = np.random.default_rng(1).random(shape_for(mb), dtype=np.float32)
         for _ in range(warmup + count):
-            tensors = pub.borrow() if lend else None
-            if tensors is not None and tensors['x'].shape == payload.shape:
-                np.copyto(tensors['x'], payload)    # the producer's own writing, before the clock
-            else:                       # a size's first frame: publish lays the slots out anew
-                tensors = None
+            tensors = {'x': payload}
+            slot = pub.borrow() if lend else None
+            if slot is not None and slot['x'].shape == payload.shape:   # (not a size's first frame)
+                np.copyto(slot['x'], payload)    # the producer's own writing, before the clock
+                tensors = slot
             header = now_header(f'{mb}')
-            pub.publish(header, frame, tensors or {'x': payload})
+            pub.publish(header, frame, tensors)
             frame += 1
             _spin(executor, 1.0 / RATE_HZ)
     return 0
