@@ -120,6 +120,28 @@ def test_hops_come_from_fresh_diagnostics_and_joins_get_no_ratio() -> None:
     assert ideal_fps(manifest, stage, LinkSpec(10**7), cpu=None)['fps'] == pytest.approx(1 / 1.6)
 
 
+def test_bench_flags_become_the_run_options_of_every_board() -> None:
+    import argparse
+
+    from autodice_ros.bench.boards import add_arguments, config_from_args, run_args
+    from autodice_ros.commands.run import add_arguments as run_arguments
+    from autodice_ros.commands.run import plan_options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(['--short', '--depth', '1', '--one-process']))
+    assert config.depth == 1 and config.one_process and config.strategies == ('layer',)
+    run = argparse.ArgumentParser()
+    run_arguments(run)
+    for strategy, one_process, depth in (('lop', True, 1), ('lop', False, 3), ('layer', False, 0)):
+        options = plan_options(run.parse_args(['b', *run_args(strategy, one_process, depth)]))
+        assert options.depth == (depth or 10)
+        assert options.one_process == one_process
+        assert options.in_process == (strategy != 'layer' and not one_process)
+    with pytest.raises(BoardsError, match='--depth 0'):
+        config_from_args(parser.parse_args(['--depth', '0']))
+
+
 def test_memory_demo_flags_and_target() -> None:
     import argparse
 

@@ -486,6 +486,7 @@ class BenchConfig:
     cpu: float | None = 0.5
     memory: int | None = None            # throughput runs: no limit (the demo sets one)
     one_process: bool = False            # throughput runs: each board one process (plan option)
+    depth: int = 0                       # throughput runs: the plan's QoS depth (0: its default)
     demo_memory: int | None = 576 * 2**20      # see DEMO_MAPPINGS for why this limit
     demo_reference_memory: int | None = 2**30  # the whole model once more, at this limit
     demo_ks: tuple[int, ...] = (1, 3)
@@ -750,7 +751,7 @@ class Bench:
                 for name in boards.spec.names:
                     boards.reset_peaks(name)
                 procs = boards.start_pipeline(bundle, ['--source', 'none',
-                                                       *run_args(strategy, cfg.one_process)],
+                                                       *run_args(strategy, cfg.one_process, cfg.depth)],
                                               stdout=logfile, stderr=logfile)
                 driver = connect_driver(boards, bundle, board_watch(boards, procs), logfile,
                                         timeout=120.0, attempts=3, say=self.log)
@@ -1033,13 +1034,15 @@ def _link_dict(counters: LinkCounters) -> dict[str, int]:
     return {'tx_bytes': counters.tx_bytes, 'rx_bytes': counters.rx_bytes}
 
 
-def run_args(strategy: str, one_process: bool = False) -> list[str]:
+def run_args(strategy: str, one_process: bool = False, depth: int = 0) -> list[str]:
     """``autodice run`` flags per strategy: a within-layer split puts many partitions on each
     board, so a board runs them in one process (``--in-process``), not one process each;
-    ``one_process``: every board one process, camera head and tail included."""
+    ``one_process``: every board one process, camera head and tail included; ``depth``: the
+    links' QoS depth (0: the plan's default), which bounds the frames a board holds."""
+    flags = ['--depth', str(depth)] if depth else []
     if one_process:
-        return ['--one-process', 'true']
-    return [] if strategy == 'layer' else ['--in-process', 'true']
+        return [*flags, '--one-process', 'true']
+    return flags + ([] if strategy == 'layer' else ['--in-process', 'true'])
 
 
 def split_has_strategy() -> bool:
@@ -1286,7 +1289,7 @@ def run(config: BenchConfig, log: Callable[[str], None] | None = None) -> dict[s
                  'seconds': round(time.monotonic() - started, 1)},
         'settings': {'cpu': config.cpu, 'memory': config.memory, 'links': list(config.links),
                      'ks': list(config.ks), 'strategies': list(config.strategies),
-                     'one_process': config.one_process,
+                     'one_process': config.one_process, 'depth': config.depth or None,
                      'sustained': f'< {SUSTAINED_DROPS:.0%} lost or late, output rate >= '
                                   f'{KEEP_PACE:.0%} of input rate'},
         'energy_model': bench.energy.source,
@@ -1332,6 +1335,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         changes['strategies'] = ()
     if args.one_process:
         changes['one_process'] = True
+    if args.depth is not None:
+        if args.depth < 1:
+            raise BoardsError(f'--depth {args.depth}: a QoS depth is at least 1')
+        changes['depth'] = args.depth
     if args.demo_model:
         changes['demo_model'] = args.demo_model
     if args.demo_mapping:
@@ -1351,6 +1358,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--one-process', action='store_true',
                         help='throughput runs with each board one process: its camera head, stages '
                              'and tail together (the plan option one_process)')
+    parser.add_argument('--depth', type=int,
+                        help="throughput runs with this QoS depth on every link (the plan option "
+                             "depth; default: the plan's, 10): the frames a board may hold")
     parser.add_argument('--demo-memory', help='memory limit per board in the memory demo (default 576MiB: '
                                               'whole vgg19 thrashes or is OOM-killed, the built-in mapping '
                                               'runs; without --short, the whole model also at 1GiB)')
