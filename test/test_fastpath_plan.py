@@ -31,8 +31,14 @@ def test_receivers_of_one_board_of_several_start_on_tensor_lists_from_other_boar
 
     bundle = three_stage_bundle(tmp_path)
     here = {s.name: s.parameters.get('remote_boards') for s in make_plan(bundle)}
-    assert here == {'image_source': None, 'camera_head': None, 'p0': False, 'p1': False, 'p2': False,
+    assert here == {'image_source': None, 'camera_head': False, 'p0': False, 'p1': False, 'p2': False,
                     'tail': False}                  # every board on this machine: nothing is remote
+    # the head knows too: with max_in_flight it hears from the tail, which may be on another board
+    board_a = make_plan(bundle, PlanOptions(board='a', source='none', max_in_flight=2))
+    assert {s.name: (s.parameters.get('remote_boards'), s.parameters.get('max_in_flight'))
+            for s in board_a} == {'camera_head': (True, 2), 'p0': (True, None)}
+    folded = make_plan(bundle, PlanOptions(board='a', source='none', max_in_flight=2, one_process=True))
+    assert folded[0].parameters['max_in_flight'] == 2 and folded[0].parameters['camera_head'] is True
     board_b = make_plan(bundle, PlanOptions(board='b', source='none'))
     assert {s.name: s.parameters.get('remote_boards') for s in board_b} == {'p1': True, 'p2': True,
                                                                             'tail': True}

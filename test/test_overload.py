@@ -76,10 +76,11 @@ class Overload:
 
 
 def run_burst(bundle: Path, ns: str, burst: int, reliability: str, depth: int,
-              settle: float = 30.0) -> Overload:
+              settle: float = 30.0, max_in_flight: int = 0) -> Overload:
     """Start the pipeline, warm it up frame by frame, then send ``burst`` frames at CAMERA_HZ."""
     manifest = load_bundle(bundle).manifest
-    options = PlanOptions(source='none', namespace=ns, reliability=reliability, depth=depth, threads=1)
+    options = PlanOptions(source='none', namespace=ns, reliability=reliability, depth=depth, threads=1,
+                          max_in_flight=max_in_flight)
     specs = make_plan(bundle, options)
     names = {s.name: f'{ns}/{s.name}' for s in specs}
     images = synthetic_images(WARMUP + burst, 120, 160)
@@ -99,7 +100,8 @@ def run_burst(bundle: Path, ns: str, burst: int, reliability: str, depth: int,
         last = rest[-1].header.stamp
         last_key = (int(last.sec), int(last.nanosec))
         # newest-frame policies deliver the last frame; otherwise wait until nothing more comes
-        spin_until(node, lambda: last_key in driver.collected.outputs, settle, step=0.005)
+        spin_until(node, lambda: last_key in driver.collected.outputs, settle if not max_in_flight else 3.0,
+                   step=0.005)
         quiet_since = len(driver.collected.outputs)
         driver.spin_for(1.0)
         assert len(driver.collected.outputs) == quiet_since, 'outputs still arriving after the burst'
@@ -178,3 +180,25 @@ def test_reliable_backlog_beyond_depth_loses_the_oldest_frames(model_and_bundle:
     assert run.sent[-1] in run.outputs and in_send_order(run)
     assert run.delta('tail', 'drops.upstream') == run.delta('camera_head', 'frames_out') - len(run.outputs)
     assert_equal_to_whole_model(model, run)
+
+
+def test_in_flight_limit_drops_at_the_head_only_and_keeps_latency_to_one_pass(
+        model_and_bundle: tuple[Path, Path]) -> None:
+    """``max_in_flight``: the head refuses images while the pipeline is full, so no link drops a
+    frame a stage already worked on (what a within-layer split needs: its boards must all work
+    on the same frames), and a frame never waits behind another."""
+    model, bundle = model_and_bundle
+    run = run_burst(bundle, '/overload_admit', burst=45, reliability='reliable', depth=10, max_in_flight=1)
+    numbered = run.delta('camera_head', 'frames_out')
+    refused = run.delta('camera_head', 'drops.in_flight_limit')
+    assert refused > len(run.sent) // 3, 'a camera this much faster than the pipeline must be refused'
+    assert refused + numbered == run.delta('camera_head', 'frames_in'), 'every image is sent or refused'
+    assert len(run.outputs) == numbered >= 3, 'every frame the head let in comes out'
+    assert all(run.delta(n, 'drops.upstream') == 0 for n in run.after)
+    assert int(run.after['camera_head']['in_flight']) <= 1
+    assert int(run.after['camera_head']['in_flight_lost']) == 0
+    assert in_send_order(run)
+    assert_equal_to_whole_model(model, run)
+    stage_sum = sum(run.stage_ms().values())
+    worst = max(run.latency_ms.values())
+    assert worst < 3 * stage_sum, f'latency {worst:.0f} ms: waited behind others ({stage_sum:.0f} ms a pass)'

@@ -78,6 +78,9 @@ class PlanOptions:
     image_reliability: str = _opt('', "QoS reliability of the camera topic ('' = as reliability); "
                                   "'best_effort' for a camera driver with sensor-data QoS, which a "
                                   "reliable subscriber never matches")
+    max_in_flight: int = _opt(0, 'frames between the camera head and the tail at once; images beyond '
+                              'are dropped at the head, before any board works on them (0: no '
+                              'limit). A within-layer split under a fast camera needs this (1-2)')
     lifespan: float = _opt(0.0, 'seconds a published frame stays deliverable (DDS Lifespan; 0: forever): '
                            'older frames, e.g. from a link outage, are dropped, not delivered late')
     transport: str = _opt('auto', "DDS profile: 'auto' (per link), 'board', 'network', 'none'")
@@ -235,8 +238,10 @@ def make_plan(bundle_dir: str | Path, options: PlanOptions = PlanOptions()) -> l
                                   env_for('camera_head'), remap))
         image_qos: dict[str, ParamValue] = {'image_qos.reliability': image_reliability,
                                             'image_qos.depth': options.depth}
+        admission: dict[str, ParamValue] = {'max_in_flight': options.max_in_flight, 'remote_boards': spread}
         specs.append(NodeSpec('camera_head', 'camera_head', ns, head_board,
-                              {'bundle': root, **tensors, **image_qos}, env_for('camera_head'), remap))
+                              {'bundle': root, **tensors, **image_qos, **admission}, env_for('camera_head'),
+                              remap))
     threads: dict[str, ParamValue] = {'threads': options.threads} if options.threads else {}
     if options.in_process or options.one_process:   # one process, on its widest link's profile
         parts = [p for p in manifest.partitions if here(p.board)]
