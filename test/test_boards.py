@@ -129,17 +129,22 @@ def test_bench_flags_become_the_run_options_of_every_board() -> None:
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    config = config_from_args(parser.parse_args(['--short', '--depth', '1', '--one-process']))
+    config = config_from_args(parser.parse_args(['--short', '--depth', '1', '--one-process',
+                                                 '--max-in-flight', '2']))
     assert config.depth == 1 and config.one_process and config.strategies == ('layer',)
+    assert config.max_in_flight == 2
     run = argparse.ArgumentParser()
     run_arguments(run)
-    for strategy, one_process, depth in (('lop', True, 1), ('lop', False, 3), ('layer', False, 0)):
-        options = plan_options(run.parse_args(['b', *run_args(strategy, one_process, depth)]))
-        assert options.depth == (depth or 10)
+    for strategy, one_process, depth, limit in (('lop', True, 1, 2), ('lop', False, 3, 0),
+                                                ('layer', False, 0, 1)):
+        options = plan_options(run.parse_args(['b', *run_args(strategy, one_process, depth, limit)]))
+        assert options.depth == (depth or 10) and options.max_in_flight == limit
         assert options.one_process == one_process
         assert options.in_process == (strategy != 'layer' and not one_process)
     with pytest.raises(BoardsError, match='--depth 0'):
         config_from_args(parser.parse_args(['--depth', '0']))
+    with pytest.raises(BoardsError, match='--max-in-flight -1'):
+        config_from_args(parser.parse_args(['--max-in-flight', '-1']))
 
 
 def test_memory_demo_flags_and_target() -> None:

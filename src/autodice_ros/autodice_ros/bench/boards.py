@@ -487,6 +487,7 @@ class BenchConfig:
     memory: int | None = None            # throughput runs: no limit (the demo sets one)
     one_process: bool = False            # throughput runs: each board one process (plan option)
     depth: int = 0                       # throughput runs: the plan's QoS depth (0: its default)
+    max_in_flight: int = 0               # throughput runs: the plan's max_in_flight (0: no limit)
     demo_memory: int | None = 576 * 2**20      # see DEMO_MAPPINGS for why this limit
     demo_reference_memory: int | None = 2**30  # the whole model once more, at this limit
     demo_ks: tuple[int, ...] = (1, 3)
@@ -751,7 +752,8 @@ class Bench:
                 for name in boards.spec.names:
                     boards.reset_peaks(name)
                 procs = boards.start_pipeline(bundle, ['--source', 'none',
-                                                       *run_args(strategy, cfg.one_process, cfg.depth)],
+                                                       *run_args(strategy, cfg.one_process, cfg.depth,
+                                                                cfg.max_in_flight)],
                                               stdout=logfile, stderr=logfile)
                 driver = connect_driver(boards, bundle, board_watch(boards, procs), logfile,
                                         timeout=120.0, attempts=3, say=self.log)
@@ -1034,12 +1036,14 @@ def _link_dict(counters: LinkCounters) -> dict[str, int]:
     return {'tx_bytes': counters.tx_bytes, 'rx_bytes': counters.rx_bytes}
 
 
-def run_args(strategy: str, one_process: bool = False, depth: int = 0) -> list[str]:
+def run_args(strategy: str, one_process: bool = False, depth: int = 0, max_in_flight: int = 0) -> list[str]:
     """``autodice run`` flags per strategy: a within-layer split puts many partitions on each
     board, so a board runs them in one process (``--in-process``), not one process each;
     ``one_process``: every board one process, camera head and tail included; ``depth``: the
-    links' QoS depth (0: the plan's default), which bounds the frames a board holds."""
+    links' QoS depth (0: the plan's default), which bounds the frames a board holds;
+    ``max_in_flight``: frames the camera head lets in at once (0: no limit)."""
     flags = ['--depth', str(depth)] if depth else []
+    flags += ['--max-in-flight', str(max_in_flight)] if max_in_flight else []
     if one_process:
         return [*flags, '--one-process', 'true']
     return flags + ([] if strategy == 'layer' else ['--in-process', 'true'])
@@ -1290,6 +1294,7 @@ def run(config: BenchConfig, log: Callable[[str], None] | None = None) -> dict[s
         'settings': {'cpu': config.cpu, 'memory': config.memory, 'links': list(config.links),
                      'ks': list(config.ks), 'strategies': list(config.strategies),
                      'one_process': config.one_process, 'depth': config.depth or None,
+                     'max_in_flight': config.max_in_flight or None,
                      'sustained': f'< {SUSTAINED_DROPS:.0%} lost or late, output rate >= '
                                   f'{KEEP_PACE:.0%} of input rate'},
         'energy_model': bench.energy.source,
@@ -1339,6 +1344,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         if args.depth < 1:
             raise BoardsError(f'--depth {args.depth}: a QoS depth is at least 1')
         changes['depth'] = args.depth
+    if args.max_in_flight is not None:
+        if args.max_in_flight < 0:
+            raise BoardsError(f'--max-in-flight {args.max_in_flight}: 0 (no limit) or more')
+        changes['max_in_flight'] = args.max_in_flight
     if args.demo_model:
         changes['demo_model'] = args.demo_model
     if args.demo_mapping:
@@ -1361,6 +1370,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--depth', type=int,
                         help="throughput runs with this QoS depth on every link (the plan option "
                              "depth; default: the plan's, 10): the frames a board may hold")
+    parser.add_argument('--max-in-flight', type=int,
+                        help='throughput runs with the camera head letting at most this many frames '
+                             'into the pipeline at once (the plan option max_in_flight; default: no limit)')
     parser.add_argument('--demo-memory', help='memory limit per board in the memory demo (default 576MiB: '
                                               'whole vgg19 thrashes or is OOM-killed, the built-in mapping '
                                               'runs; without --short, the whole model also at 1GiB)')
