@@ -123,7 +123,7 @@ def test_hops_come_from_fresh_diagnostics_and_joins_get_no_ratio() -> None:
 def test_bench_flags_become_the_run_options_of_every_board() -> None:
     import argparse
 
-    from autodice_ros.bench.boards import add_arguments, config_from_args, run_args
+    from autodice_ros.bench.boards import WITHIN_LAYER_IN_FLIGHT, add_arguments, config_from_args, run_args
     from autodice_ros.commands.run import add_arguments as run_arguments
     from autodice_ros.commands.run import plan_options
 
@@ -135,10 +135,11 @@ def test_bench_flags_become_the_run_options_of_every_board() -> None:
     assert config.max_in_flight == 2
     run = argparse.ArgumentParser()
     run_arguments(run)
-    for strategy, one_process, depth, limit in (('lop', True, 1, 2), ('lop', False, 3, 0),
-                                                ('layer', False, 0, 1)):
+    cases = (('lop', True, 1, 2, 2), ('lop', False, 3, 0, 0), ('layer', False, 0, 1, 1),
+             ('layer', False, 0, None, 0), ('height', False, 0, None, WITHIN_LAYER_IN_FLIGHT))
+    for strategy, one_process, depth, limit, expect in cases:
         options = plan_options(run.parse_args(['b', *run_args(strategy, one_process, depth, limit)]))
-        assert options.depth == (depth or 10) and options.max_in_flight == limit
+        assert options.depth == (depth or 10) and options.max_in_flight == expect
         assert options.one_process == one_process
         assert options.in_process == (strategy != 'layer' and not one_process)
     with pytest.raises(BoardsError, match='--depth 0'):

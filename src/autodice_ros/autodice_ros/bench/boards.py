@@ -487,7 +487,8 @@ class BenchConfig:
     memory: int | None = None            # throughput runs: no limit (the demo sets one)
     one_process: bool = False            # throughput runs: each board one process (plan option)
     depth: int = 0                       # throughput runs: the plan's QoS depth (0: its default)
-    max_in_flight: int = 0               # throughput runs: the plan's max_in_flight (0: no limit)
+    max_in_flight: int | None = None     # throughput runs: the plan's max_in_flight (0: no limit;
+                                         # None: WITHIN_LAYER_IN_FLIGHT for within-layer splits)
     demo_memory: int | None = 576 * 2**20      # see DEMO_MAPPINGS for why this limit
     demo_reference_memory: int | None = 2**30  # the whole model once more, at this limit
     demo_ks: tuple[int, ...] = (1, 3)
@@ -1036,12 +1037,22 @@ def _link_dict(counters: LinkCounters) -> dict[str, int]:
     return {'tx_bytes': counters.tx_bytes, 'rx_bytes': counters.rx_bytes}
 
 
-def run_args(strategy: str, one_process: bool = False, depth: int = 0, max_in_flight: int = 0) -> list[str]:
+# VGG19 LOP on 3 boards, frames in flight -> peak fps (largest board's RSS): 1 -> 0.28 (799 MiB),
+# 2 -> 0.44 (807), 3 -> 0.57 (890); no limit: nothing came through the connect probes
+WITHIN_LAYER_IN_FLIGHT = 3
+
+
+def run_args(strategy: str, one_process: bool = False, depth: int = 0,
+             max_in_flight: int | None = None) -> list[str]:
     """``autodice run`` flags per strategy: a within-layer split puts many partitions on each
-    board, so a board runs them in one process (``--in-process``), not one process each;
-    ``one_process``: every board one process, camera head and tail included; ``depth``: the
-    links' QoS depth (0: the plan's default), which bounds the frames a board holds;
-    ``max_in_flight``: frames the camera head lets in at once (0: no limit)."""
+    board, so a board runs them in one process (``--in-process``), not one process each, and
+    its camera head lets :data:`WITHIN_LAYER_IN_FLIGHT` frames in at once (its boards must work
+    on the same frames: under overload they otherwise drop different ones and nothing comes
+    out); ``one_process``: every board one process, camera head and tail included; ``depth``:
+    the links' QoS depth (0: the plan's default), which bounds the frames a board holds;
+    ``max_in_flight``: frames the camera head lets in at once (0: no limit; None: as above)."""
+    if max_in_flight is None:
+        max_in_flight = 0 if strategy == 'layer' else WITHIN_LAYER_IN_FLIGHT
     flags = ['--depth', str(depth)] if depth else []
     flags += ['--max-in-flight', str(max_in_flight)] if max_in_flight else []
     if one_process:
@@ -1294,7 +1305,7 @@ def run(config: BenchConfig, log: Callable[[str], None] | None = None) -> dict[s
         'settings': {'cpu': config.cpu, 'memory': config.memory, 'links': list(config.links),
                      'ks': list(config.ks), 'strategies': list(config.strategies),
                      'one_process': config.one_process, 'depth': config.depth or None,
-                     'max_in_flight': config.max_in_flight or None,
+                     'max_in_flight': config.max_in_flight,
                      'sustained': f'< {SUSTAINED_DROPS:.0%} lost or late, output rate >= '
                                   f'{KEEP_PACE:.0%} of input rate'},
         'energy_model': bench.energy.source,
@@ -1372,7 +1383,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "depth; default: the plan's, 10): the frames a board may hold")
     parser.add_argument('--max-in-flight', type=int,
                         help='throughput runs with the camera head letting at most this many frames '
-                             'into the pipeline at once (the plan option max_in_flight; default: no limit)')
+                             'into the pipeline at once (the plan option max_in_flight; 0: no limit; '
+                             f'default: {WITHIN_LAYER_IN_FLIGHT} for within-layer splits, no limit for '
+                             'layer-wise)')
     parser.add_argument('--demo-memory', help='memory limit per board in the memory demo (default 576MiB: '
                                               'whole vgg19 thrashes or is OOM-killed, the built-in mapping '
                                               'runs; without --short, the whole model also at 1GiB)')
