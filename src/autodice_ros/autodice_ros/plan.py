@@ -80,7 +80,7 @@ class PlanOptions:
                                   "reliable subscriber never matches")
     max_in_flight: int = _opt(0, 'frames between the camera head and the tail at once; images beyond '
                               'are dropped at the head, before any board works on them (0: no '
-                              'limit). A within-layer split under a fast camera needs this (1-2)')
+                              'limit). A within-layer split under a fast camera needs this (1-3)')
     lifespan: float = _opt(0.0, 'seconds a published frame stays deliverable (DDS Lifespan; 0: forever): '
                            'older frames, e.g. from a link outage, are dropped, not delivered late')
     transport: str = _opt('auto', "DDS profile: 'auto' (per link), 'board', 'network', 'none'")
