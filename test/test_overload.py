@@ -100,6 +100,7 @@ def run_burst(bundle: Path, ns: str, burst: int, reliability: str, depth: int,
         last = rest[-1].header.stamp
         last_key = (int(last.sec), int(last.nanosec))
         # newest-frame policies deliver the last frame; otherwise wait until nothing more comes
+        # (with max_in_flight the last image is most likely refused: what was let in is out in 3 s)
         spin_until(node, lambda: last_key in driver.collected.outputs, settle if not max_in_flight else 3.0,
                    step=0.005)
         quiet_since = len(driver.collected.outputs)
