@@ -39,6 +39,18 @@ def test_frames_that_never_come_out_are_given_up_after_the_timeout_or_three_trip
     assert not window.full(now=18.5) and window.lost == 2
 
 
+def test_a_given_up_frame_that_comes_out_late_sets_the_give_up_time_and_is_not_lost() -> None:
+    window = InFlightWindow(1)                                  # the default: 2 s
+    window.admit(0, now=0.0)                                    # a slow first frame (warm-up)
+    assert not window.full(now=2.1) and window.lost == 1
+    window.admit(1, now=2.1)
+    assert window.complete(0, now=5.0) == pytest.approx(5.0)    # late, not lost: trips take 5 s
+    assert window.lost == 0 and window.in_flight == 1
+    assert window.full(now=16.0)                                # frame 1 may take 15 s now
+    assert window.complete(1, now=8.0) == pytest.approx(5.9)
+    assert window.complete(0, now=8.1) is None and window.lost == 0   # counted once
+
+
 @pytest.mark.parametrize(('limit', 'timeout', 'what'), [(-1, 1.0, 'max_in_flight -1'),
                                                          (0, 1.0, 'max_in_flight 0'),
                                                          (1, 0.0, 'in_flight_timeout 0')])

@@ -9,9 +9,13 @@ instead -- before a frame costs any board work -- keeps every board on the same 
 bounds the memory and latency that frames in flight cost.
 
 The tail's ``output`` says which frame came out. Frames leave the pipeline in the head's order,
-so a frame that comes out also retires every earlier frame still counted (lost on the way); a
+so a frame that comes out also retires every earlier frame still counted (lost on the way). A
 frame that never comes out is given up after ``timeout`` seconds, or 3 x the last frame's
-head-to-tail time if that is longer (a slow first frame must not let a second one in).
+head-to-tail time if that is longer, so a slow pipeline is not sent a second frame while its
+first is still on the way. The default timeout is short (2 s) because a lost frame stalls the
+head that long: at start-up, before any trip is known, and after a stage restarts. A given-up
+frame that comes out after all still gives its trip time (and is not counted lost): a slow first
+frame sets the give-up time for the next ones.
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from collections import OrderedDict
 class InFlightWindow:
     """At most ``limit`` frames between the head and the tail; times are in seconds."""
 
-    def __init__(self, limit: int, timeout: float = 10.0) -> None:
+    GIVEN_UP_KEPT = 64      # given-up frames remembered, to time them if they come out late
+
+    def __init__(self, limit: int, timeout: float = 2.0) -> None:
         if limit < 1:
             raise ValueError(f'max_in_flight {limit}: must be 0 (no limit) or more')
         if timeout <= 0:
@@ -30,6 +36,7 @@ class InFlightWindow:
         self.timeout = timeout
         self.lost = 0                  # frames that never came out (overtaken or timed out)
         self._admitted: OrderedDict[int, float] = OrderedDict()   # frame -> admitted at
+        self._given_up: OrderedDict[int, float] = OrderedDict()   # timed out: frame -> admitted at
         self._last_trip = 0.0
 
     @property
@@ -43,7 +50,10 @@ class InFlightWindow:
         """No room for another frame now (frames past their time are given up first)."""
         deadline = now - self._give_up_after()
         while self._admitted and next(iter(self._admitted.values())) < deadline:
-            self._admitted.popitem(last=False)
+            frame, admitted = self._admitted.popitem(last=False)
+            self._given_up[frame] = admitted
+            if len(self._given_up) > self.GIVEN_UP_KEPT:
+                self._given_up.popitem(last=False)
             self.lost += 1
         return len(self._admitted) >= self.limit
 
@@ -52,8 +62,12 @@ class InFlightWindow:
         self._admitted[frame] = now
 
     def complete(self, frame: int, now: float) -> float | None:
-        """``frame`` came out of the tail: its head-to-tail seconds, or None if it was not in
-        flight (given up already, or from before a restart of the head)."""
+        """``frame`` came out of the tail: its head-to-tail seconds, or None if the head did not
+        send it (or retired it when a later frame came out first)."""
+        if frame in self._given_up:        # slower than its give-up time, not lost
+            self.lost -= 1
+            self._last_trip = now - self._given_up.pop(frame)
+            return self._last_trip
         if frame not in self._admitted:
             return None
         while True:
