@@ -613,6 +613,13 @@ class TensorSubscriber:
             return 'local'
         return '+'.join(p for p, sub in (('shm', self._ref_sub), ('payload', self._payload_sub)) if sub)
 
+    def get_publisher_count(self) -> int:
+        """Publishers matched on the paths this subscriber listens to now (a publisher in this
+        process counts once)."""
+        if self._local_sub is not None:
+            return 1
+        return sum(int(sub.get_publisher_count()) for sub in (self._ref_sub, self._payload_sub) if sub is not None)
+
     # -- subscriptions --------------------------------------------------------------------------
 
     def _subscribe_payload(self) -> None:

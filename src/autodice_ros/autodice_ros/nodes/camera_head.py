@@ -8,7 +8,10 @@ dropped and counted.
 ``max_in_flight`` > 0: at most that many frames between the head and the tail; an image that
 arrives while they are all in flight is dropped here, unnumbered, before any board works on it
 (see :mod:`autodice_ros.admission`). The head then subscribes to the tail's ``output`` to see
-frames come out.
+frames come out, and lets no frame in while either end of the pipeline is unmatched (no reader of
+``input``, or no publisher of ``output`` seen): such a frame would be lost, or its way out
+unseen, and would hold its place until ``in_flight_timeout`` (at start-up, while a camera
+already streams).
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ class CameraHead(Node):
         limit = declare(self, 'max_in_flight', 0,
                         'frames between the camera head and the tail at once; images beyond are '
                         'dropped at the head (0: no limit)')
-        timeout = declare(self, 'in_flight_timeout', 10.0,
+        timeout = declare(self, 'in_flight_timeout', 2.0,
                           'seconds after which a frame that never came out of the tail stops counting '
                           "(or 3 x the last frame's head-to-tail time, if longer)")
         qos = declare_qos(self)
@@ -86,6 +89,18 @@ class CameraHead(Node):
     def _on_bad_output(self, topic: str, exc: TensorError) -> None:
         self.get_logger().warning(f'topic {self.resolve_topic_name(topic)!r}: output ignored: {exc}')
 
+    def _refused(self) -> bool:
+        """Admission (``max_in_flight``): no room in the window, or the pipeline not matched at
+        both ends yet; counted by reason."""
+        assert self._window is not None and self._outputs is not None
+        if self._window.full(time.monotonic()):
+            self.stats.drops['in_flight_limit'] += 1
+            return True
+        if self._publisher.get_subscription_count() == 0 or self._outputs.get_publisher_count() == 0:
+            self.stats.drops['not_connected'] += 1
+            return True
+        return False
+
     def _on_undecodable(self, exc: Exception) -> None:
         self.stats.drops['undecodable_image'] += 1
         self.get_logger().warning(f'topic {self.resolve_topic_name(IMAGE_TOPIC)!r}: a message that '
@@ -93,8 +108,7 @@ class CameraHead(Node):
 
     def _on_image(self, msg: Image) -> None:
         self.stats.frames_in += 1
-        if self._window is not None and self._window.full(time.monotonic()):
-            self.stats.drops['in_flight_limit'] += 1
+        if self._window is not None and self._refused():
             return
         start = time.perf_counter()
         try:
