@@ -618,7 +618,8 @@ class TensorSubscriber:
         process counts once)."""
         if self._local_sub is not None:
             return 1
-        return sum(int(sub.get_publisher_count()) for sub in (self._ref_sub, self._payload_sub) if sub is not None)
+        subscriptions = (self._ref_sub, self._payload_sub)
+        return sum(int(sub.get_publisher_count()) for sub in subscriptions if sub is not None)
 
     # -- subscriptions --------------------------------------------------------------------------
 
